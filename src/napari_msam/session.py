@@ -1,0 +1,531 @@
+"""The Qt-free interactive segmentation session (see docs/session.md).
+
+One :class:`Session` holds an image, the current object (its clicks, model windows and mask) and the
+accepted objects (``labels``). Each click is one refinement iteration of the model, as in M-SAM: the
+newest click plus the previous low-resolution logits. The image embedding of a ROI is computed once and
+cached. Large objects: when the mask reaches a ROI face that lies inside the volume, the ROI is re-centred
+on the mask if the mask fits, otherwise overlapping windows (50 % overlap) are added with the current
+logits as their prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
+from .io import check_volume_array
+from .preprocess import (
+    MODALITIES,
+    RoiGeometry,
+    guess_modality,
+    model_to_array,
+    paste_back,
+    prepare_roi,
+    resample_logits,
+    roi_geometry,
+)
+
+Box = tuple[slice, slice, slice]
+
+
+@dataclass
+class ClickResult:
+    """What one click (or undo) changed: the box of the full volume and the object's mask inside it."""
+
+    bbox: Box
+    mask: np.ndarray
+    probabilities: np.ndarray | None
+    timings: dict[str, float]
+    object_id: int
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One model ROI of the current object; replaced (never mutated) so history snapshots stay valid."""
+
+    geometry: RoiGeometry
+    low_res: torch.Tensor | None = None
+    points: tuple[tuple[tuple[int, int, int], int], ...] = ()  # model-grid points fed so far (+ label)
+
+
+@dataclass
+class _Step:
+    windows: list[_Window]
+    clicks: list[tuple[tuple[int, int, int], bool]]
+    patches: list[tuple[Box, np.ndarray]] = field(default_factory=list)
+
+
+def _union(a: Box | None, b: Box) -> Box:
+    if a is None:
+        return b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
+def _intersect(a: Box, b: Box) -> Box | None:
+    out = []
+    for x, y in zip(a, b, strict=True):
+        lo, hi = max(x.start, y.start), min(x.stop, y.stop)
+        if hi <= lo:
+            return None
+        out.append(slice(lo, hi))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
+    sl = []
+    for axis in range(mask.ndim):
+        other = tuple(i for i in range(mask.ndim) if i != axis)
+        nz = np.flatnonzero(mask.any(axis=other))
+        if nz.size == 0:
+            return None
+        sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(sl)
+
+
+def pick_device(device: str | None = None) -> str:
+    """"cuda" when available unless a device is given; asking for an absent GPU is a clear error."""
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise MSAMError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu)")
+    if not (str(device) == "cpu" or str(device).startswith("cuda") or str(device) == "mps"):
+        raise MSAMError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    return str(device)
+
+
+class Session:
+    """Interactive segmentation of one image with one model.
+
+    Arguments:
+        loaded: a ``napari_msam.model.weights.LoadedModel`` (model, config, preprocess, metadata).
+        device: "cuda" / "cpu"; default: CUDA when available. A CUDA out-of-memory error switches the
+            session to the CPU with a warning (``self.warning``, ``self.fell_back_to_cpu``).
+        threads: ``torch.set_num_threads`` for CPU inference.
+        multi_click: feed all clicks of the object inside the ROI at each step (default: only the newest,
+            as the reference).
+        auto_extend: re-centre / add windows when the mask reaches a ROI face (large objects).
+        max_windows: cap on ROIs per object.
+        return_probabilities: fill ``ClickResult.probabilities`` (sigmoid inside the box; costs a pass over
+            the box on the CPU, so off by default).
+    """
+
+    def __init__(
+        self,
+        loaded: Any,
+        device: str | None = None,
+        threads: int | None = None,
+        *,
+        multi_click: bool = False,
+        auto_extend: bool = True,
+        max_windows: int = 8,
+        cache_size: int = 8,
+        return_probabilities: bool = False,
+    ) -> None:
+        if threads is not None:
+            if int(threads) < 1:
+                raise MSAMError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(int(threads))
+        self.loaded = loaded
+        self.device = pick_device(device)
+        self.model = loaded.model.to(self.device).eval()
+        self.config = loaded.config
+        self.preprocess = loaded.preprocess
+        self.img_size = int(self.config.img_size)
+        self.multi_click = multi_click
+        self.auto_extend = auto_extend
+        self.max_windows = max(1, int(max_windows))
+        self.cache_size = max(1, int(cache_size))
+        self.return_probabilities = return_probabilities
+        self.warning: str | None = None
+        self.fell_back_to_cpu = False
+        self._volume: np.ndarray | None = None
+        self.spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+        self.modality = "other"
+        self.labels: np.ndarray = np.zeros((0, 0, 0), np.uint16)
+        self._mask = np.zeros((0, 0, 0), bool)
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        self._next_id = 1
+        self._accepted: list[int] = []
+        self._reset_object()
+
+    # ------------------------------------------------------------------ image / state
+    def set_image(self, volume: np.ndarray, spacing: Sequence[float] = (1, 1, 1), modality: str = "other") -> None:
+        """Use a new 3-D image (array axes as ``io.read_volume`` gives them); clears every object."""
+        volume = np.asarray(volume)
+        check_volume_array(volume, "image")
+        if volume.dtype.kind == "f":
+            bad = int(np.count_nonzero(~np.isfinite(volume)))
+            if bad:
+                raise InvalidVolumeError(f"the image has {bad} NaN or infinite voxels; replace them first")
+        if len(spacing) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
+            raise InvalidVolumeError(f"spacing must be 3 positive numbers, got {tuple(spacing)}")
+        if modality == "auto":
+            modality = guess_modality(volume)
+        if modality not in MODALITIES:
+            raise MSAMError(f"unknown modality {modality!r}; expected one of {MODALITIES + ('auto',)}")
+        self._volume = volume
+        self.spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+        self.modality = modality
+        self.labels = np.zeros(volume.shape, np.uint16)
+        self._mask = np.zeros(volume.shape, bool)
+        self._cache.clear()
+        self._next_id = 1
+        self._accepted = []
+        self._reset_object()
+
+    def _reset_object(self) -> None:
+        self._windows: list[_Window] = []
+        self._clicks: list[tuple[tuple[int, int, int], bool]] = []
+        self._history: list[_Step] = []
+        self._extent: Box | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._mask.shape)
+
+    @property
+    def current_mask(self) -> np.ndarray:
+        """Bool mask of the current object over the whole volume (a read-only view, no copy)."""
+        v = self._mask.view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def clicks(self) -> list[tuple[tuple[int, int, int], bool]]:
+        return list(self._clicks)
+
+    @property
+    def current_object_id(self) -> int:
+        return self._next_id
+
+    @property
+    def objects(self) -> list[int]:
+        """Ids of the accepted objects, in order."""
+        return list(self._accepted)
+
+    @property
+    def n_windows(self) -> int:
+        return len(self._windows)
+
+    def reset(self) -> None:
+        """Forget the current object (its clicks, mask and undo history)."""
+        if self._extent is not None:
+            self._mask[self._extent] = False
+        self._reset_object()
+
+    def accept(self) -> int:
+        """Freeze the current object into ``labels`` under its id and start the next object."""
+        self._require_image()
+        if self._extent is None or not self._mask[self._extent].any():
+            raise MSAMError("the current object is empty: add a click before accepting")
+        oid = self._next_id
+        if oid > np.iinfo(self.labels.dtype).max:
+            raise MSAMError("too many objects for the label volume")
+        box = self._extent
+        self.labels[box][self._mask[box]] = oid
+        self._accepted.append(oid)
+        self._next_id += 1
+        self.reset()
+        return oid
+
+    def _require_image(self) -> np.ndarray:
+        if self._volume is None:
+            raise MSAMError("no image: call set_image() first")
+        return self._volume
+
+    def _check_voxel(self, voxel: Sequence[float]) -> tuple[int, int, int]:
+        vol = self._require_image()
+        try:
+            vals = [float(v) for v in voxel]
+        except (TypeError, ValueError) as exc:
+            raise ClickOutsideError(f"a click needs 3 numeric voxel indices, got {voxel!r}") from exc
+        if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+            raise ClickOutsideError(f"a click needs 3 finite voxel indices, got {tuple(voxel)}")
+        out = tuple(int(round(v)) for v in vals)
+        if not all(0 <= out[a] < vol.shape[a] for a in range(3)):
+            raise ClickOutsideError(f"click {tuple(voxel)} is outside the image of shape {vol.shape}")
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ model calls
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def _fallback_to_cpu(self, exc: BaseException) -> None:
+        self.warning = f"GPU out of memory ({exc}); continuing on the CPU"
+        warnings.warn(self.warning, RuntimeWarning, stacklevel=3)
+        self.fell_back_to_cpu = True
+        self.device = "cpu"
+        self.model = self.model.to("cpu")
+        self._cache = OrderedDict((k, v.to("cpu") if hasattr(v, "to") else v) for k, v in self._cache.items())
+        self._windows = [dataclasses.replace(w, low_res=None if w.low_res is None else w.low_res.cpu())
+                         for w in self._windows]
+        for step in self._history:
+            step.windows = [dataclasses.replace(w, low_res=None if w.low_res is None else w.low_res.cpu())
+                            for w in step.windows]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _guarded(self, fn, *args):
+        try:
+            return fn(*args)
+        except torch.cuda.OutOfMemoryError as exc:
+            if self.device == "cpu":
+                raise
+            self._fallback_to_cpu(exc)
+            return fn(*args)
+
+    def _embedding(self, geometry: RoiGeometry, timings: dict[str, float]):
+        key = (tuple(round(s, 6) for s in geometry.start), tuple(round(s, 6) for s in geometry.step))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        t0 = time.perf_counter()
+
+        def run():
+            roi = prepare_roi(
+                self._volume, self.spacing, geometry.center, self.preprocess, self.img_size,
+                self.modality, self.device, geometry=geometry,
+            )
+            with torch.inference_mode():
+                prepared = self.model.prepare(self.model.encode(roi.image))
+            self._sync()
+            return prepared
+
+        prepared = self._guarded(run)
+        timings["encode"] += time.perf_counter() - t0
+        self._cache[key] = prepared
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return prepared
+
+    def _refine(self, window: _Window, point: tuple[int, int, int], label: int,
+                timings: dict[str, float]) -> _Window:
+        prepared = self._embedding(window.geometry, timings)
+        points = window.points + ((point, label),) if self.multi_click else ((point, label),)
+        t0 = time.perf_counter()
+
+        def run():
+            pts = torch.tensor([[p for p, _ in points]], dtype=torch.int64, device=self.device)
+            lab = torch.tensor([[lb for _, lb in points]], dtype=torch.int64, device=self.device)
+            prev = None if window.low_res is None else window.low_res.to(self.device)
+            with torch.inference_mode():
+                low = self.model.refine(prepared, pts, lab, prev)
+            self._sync()
+            return low
+
+        low = self._guarded(run)
+        timings["refine"] += time.perf_counter() - t0
+        return dataclasses.replace(window, low_res=low, points=window.points + ((point, label),))
+
+    # ------------------------------------------------------------------ pasting
+    def _paste(self, window: _Window, step: _Step, timings: dict[str, float], *,
+               keep: list[Box] | None = None) -> tuple[Box, np.ndarray]:
+        """Write the window's prediction into its native box; voxels inside any box of ``keep`` stay."""
+        t0 = time.perf_counter()
+        assert window.low_res is not None
+        pasted = paste_back(window.low_res, window.geometry, full=self.return_probabilities)
+        box = pasted.bbox
+        new = pasted.mask
+        old = self._mask[box].copy()
+        if keep:
+            protect = np.zeros(new.shape, bool)
+            for k in keep:
+                inter = _intersect(box, k)
+                if inter is not None:
+                    protect[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, box, strict=True))] = True
+            new = np.where(protect, old, new)
+        step.patches.append((box, old))
+        self._mask[box] = new
+        self._extent = _union(self._extent, box)
+        timings["paste"] += time.perf_counter() - t0
+        return box, pasted.logits
+
+    def _clear_outside(self, old: RoiGeometry, new: RoiGeometry, step: _Step) -> None:
+        """After a re-centre: the part of the old box the new ROI does not cover no longer has a window."""
+        ob = old.bbox
+        keep = np.ones(self._mask[ob].shape, bool)
+        inter = _intersect(ob, new.bbox)
+        if inter is not None:
+            keep[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, ob, strict=True))] = False
+        if not (self._mask[ob] & keep).any():
+            return
+        step.patches.append((ob, self._mask[ob].copy()))
+        self._mask[ob] &= ~keep
+
+    # ------------------------------------------------------------------ windows
+    def _geometry(self, center: Sequence[float]) -> RoiGeometry:
+        vol = self._require_image()
+        c = [min(max(float(center[a]), 0.0), vol.shape[a] - 1.0) for a in range(3)]
+        return roi_geometry(vol.shape, self.spacing, c, self.preprocess.spacing_mm, self.img_size,
+                            getattr(self.preprocess, "axis_order", "SPL"))
+
+    def _distance(self, g: RoiGeometry, voxel: Sequence[float]) -> float:
+        c = g.center
+        return math.sqrt(sum(((voxel[a] - c[a]) * self.spacing[a]) ** 2 for a in range(3)))
+
+    def _window_for(self, voxel: tuple[int, int, int]) -> tuple[int | None, _Window]:
+        inside = [(self._distance(w.geometry, voxel), i) for i, w in enumerate(self._windows)
+                  if w.geometry.contains(voxel)]
+        if inside:
+            i = min(inside)[1]
+            return i, self._windows[i]
+        g = self._geometry(voxel)
+        prior = None
+        if self._windows:
+            nearest = min(self._windows, key=lambda w: self._distance(w.geometry, voxel))
+            if nearest.low_res is not None:
+                prior = resample_logits(nearest.low_res, nearest.geometry, g, fill=0.0)
+        return None, _Window(geometry=g, low_res=prior)
+
+    def _touching_faces(self, window: _Window) -> list[tuple[int, int]]:
+        assert window.low_res is not None
+        arr = model_to_array(window.low_res[0, 0], window.geometry.axis_order) > 0
+        faces = []
+        for axis, d in window.geometry.border_faces():
+            idx = 0 if d < 0 else arr.shape[axis] - 1
+            if bool(arr.select(axis, idx).any()):
+                faces.append((axis, d))
+        return faces
+
+    def _object_box(self) -> tuple[slice, ...] | None:
+        if self._extent is None:
+            return None
+        b = _box_of(self._mask[self._extent])
+        if b is None:
+            return None
+        return tuple(slice(s.start + e.start, s.stop + e.start) for s, e in zip(b, self._extent, strict=True))
+
+    def _try_recenter(self, index: int, voxel: tuple[int, int, int], label: int, step: _Step,
+                      timings: dict[str, float]) -> bool:
+        """Single-window object cut by its ROI: move the ROI onto the mask's box if that fits."""
+        w = self._windows[index]
+        box = self._object_box()
+        if box is None:
+            return False
+        fov = [self.img_size * self.preprocess.spacing_mm[a] for a in range(3)]
+        extent = [(box[a].stop - box[a].start) * self.spacing[a] for a in range(3)]
+        if any(extent[a] > 0.8 * fov[a] for a in range(3)):
+            return False
+        center = [(box[a].start + box[a].stop - 1) / 2.0 for a in range(3)]
+        g2 = self._geometry(center)
+        shift = max(abs(g2.start[a] - w.geometry.start[a]) / w.geometry.step[a] for a in range(3))
+        if shift < 2.0 or not g2.contains(voxel):
+            return False
+        prior = resample_logits(w.low_res, w.geometry, g2, fill=0.0)
+        w2 = _Window(geometry=g2, low_res=prior,
+                     points=tuple((g2.to_model(self._clicks[k][0]), int(self._clicks[k][1]))
+                                  for k in range(len(self._clicks) - 1) if g2.contains(self._clicks[k][0])))
+        w2 = self._refine(w2, g2.to_model(voxel), label, timings)
+        self._windows[index] = w2
+        self._clear_outside(w.geometry, g2, step)
+        self._paste(w2, step, timings)
+        return True
+
+    def _extend(self, index: int, step: _Step, timings: dict[str, float]) -> None:
+        """Add 50 %-overlap windows where the mask leaves a ROI; their prompt is the deepest mask voxel of
+        the overlap (positive) and their prior the current logits. Existing windows keep their voxels."""
+        queue = [index]
+        while queue and len(self._windows) < self.max_windows:
+            w = self._windows[queue.pop(0)]
+            for axis, d in self._touching_faces(w):
+                if len(self._windows) >= self.max_windows:
+                    break
+                g = w.geometry
+                c = list(g.center)
+                c[axis] += d * (self.img_size / 2) * g.step[axis]
+                g2 = self._geometry(c)
+                if any(self._distance(o.geometry, g2.center) < 0.25 * self.img_size * min(self.preprocess.spacing_mm)
+                       for o in self._windows):
+                    continue
+                overlap = _intersect(g.bbox, g2.bbox)
+                if overlap is None:
+                    continue
+                sub = self._mask[overlap]
+                if not sub.any():
+                    continue
+                dist = ndimage.distance_transform_edt(np.pad(sub, 1), sampling=self.spacing)[1:-1, 1:-1, 1:-1]
+                loc = np.unravel_index(int(np.argmax(dist)), sub.shape)
+                seed = tuple(int(loc[a] + overlap[a].start) for a in range(3))
+                prior = resample_logits(w.low_res, g, g2, fill=0.0)
+                keep = [o.geometry.bbox for o in self._windows]
+                w2 = self._refine(_Window(geometry=g2, low_res=prior), g2.to_model(seed), 1, timings)
+                self._windows.append(w2)
+                self._paste(w2, step, timings, keep=keep)
+                queue.append(len(self._windows) - 1)
+
+    # ------------------------------------------------------------------ public actions
+    def add_click(self, voxel: tuple[int, int, int], positive: bool = True) -> ClickResult:
+        """One refinement iteration with a click at ``voxel`` (array indices); returns what changed."""
+        t0 = time.perf_counter()
+        v = self._check_voxel(voxel)
+        timings = {"encode": 0.0, "refine": 0.0, "paste": 0.0}
+        step = _Step(windows=list(self._windows), clicks=list(self._clicks))
+        self._clicks.append((v, bool(positive)))
+        label = 1 if positive else 0
+        try:
+            index, window = self._window_for(v)
+            window = self._refine(window, window.geometry.to_model(v), label, timings)
+            if index is None:
+                self._windows.append(window)
+                index = len(self._windows) - 1
+            else:
+                self._windows[index] = window
+            box, logits = self._paste(window, step, timings)
+            single = True
+            if self.auto_extend and self._touching_faces(window):
+                single = False
+                if not (len(self._windows) == 1 and self._try_recenter(index, v, label, step, timings)):
+                    self._extend(index, step, timings)
+                elif self._touching_faces(self._windows[index]):
+                    self._extend(index, step, timings)
+        except BaseException:
+            self._restore(step)
+            raise
+        self._history.append(step)
+        changed: Box | None = None
+        for b, _ in step.patches:
+            changed = _union(changed, b)
+        assert changed is not None
+        probs = None
+        if self.return_probabilities and (single or len(step.patches) == 1):
+            probs = (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
+            if tuple(box) != tuple(changed):
+                probs = None
+        timings["total"] = time.perf_counter() - t0
+        return ClickResult(bbox=changed, mask=self._mask[changed].copy(), probabilities=probs,
+                           timings=timings, object_id=self._next_id)
+
+    def _restore(self, step: _Step) -> None:
+        for box, old in reversed(step.patches):
+            self._mask[box] = old
+        self._windows = list(step.windows)
+        self._clicks = list(step.clicks)
+
+    def undo(self) -> ClickResult | None:
+        """Exactly restore the state before the last click (mask, logits, ROIs); None if nothing to undo."""
+        if not self._history:
+            return None
+        t0 = time.perf_counter()
+        step = self._history.pop()
+        self._restore(step)
+        changed: Box | None = None
+        for b, _ in step.patches:
+            changed = _union(changed, b)
+        if changed is None:
+            changed = (slice(0, 0),) * 3  # type: ignore[assignment]
+        assert changed is not None
+        return ClickResult(bbox=changed, mask=self._mask[changed].copy(), probabilities=None,
+                           timings={"encode": 0.0, "refine": 0.0, "paste": 0.0, "total": time.perf_counter() - t0},
+                           object_id=self._next_id)

@@ -1,0 +1,7 @@
+"""Training / fine-tuning (Qt-free): data, the interaction loop, the trainer, data-parallel helpers."""
+
+from napari_msam.training.data import CaseSpec, TrainingDataError, array_case, discover_cases
+from napari_msam.training.trainer import TrainConfig, Trainer, TrainEvent, TrainingError, TrainResult
+
+__all__ = ["CaseSpec", "TrainConfig", "TrainEvent", "TrainResult", "Trainer", "TrainingDataError",
+           "TrainingError", "array_case", "discover_cases"]

@@ -1,0 +1,163 @@
+"""Jobs run on the inference worker thread (no Qt here): model loading, session set-up, clicks, undo.
+
+Each job takes a :class:`~napari_msam.widgets.workers.JobContext` first and returns plain data
+(:class:`ObjectUpdate`) that the Segment widget writes into the output layer on the GUI thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import MSAMError
+
+if TYPE_CHECKING:  # the jobs themselves never touch Qt
+    from .workers import JobContext
+
+
+def _bbox_of(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    if not mask.any():
+        return None
+    sl = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        sl.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return (sl[0], sl[1], sl[2])
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What the worker's session must be set up for (compared by value, the volume by identity key)."""
+
+    model_key: tuple
+    device: str
+    image_key: tuple
+
+
+@dataclass
+class ObjectUpdate:
+    """The current object's new state inside ``bbox`` (None bbox = the object is empty)."""
+
+    bbox: tuple[slice, slice, slice] | None
+    mask: np.ndarray | None
+    timings: dict[str, float]
+    replace_all: bool = False   # True: forget earlier writes of this object first (undo / replay)
+
+
+# ----------------------------------------------------------------------------- worker-thread jobs
+def _load_model(source: tuple) -> Any:
+    kind = source[0]
+    if kind == "default":
+        from ..default_model import load_default_model
+
+        return load_default_model()
+    from ..model.weights import load_checkpoint
+
+    path = source[1]
+    if not Path(path).is_file():
+        raise MSAMError(f"checkpoint not found: {path}")
+    return load_checkpoint(path, device="cpu")
+
+
+def _model_summary(loaded: Any) -> str:
+    cfg = loaded.config
+    pre = loaded.preprocess
+    meta = loaded.metadata or {}
+    kind = meta.get("kind", "own")
+    parts = [
+        f"<b>{cfg.name}</b> ({kind})",
+        f"input {cfg.img_size}³, patch {cfg.patch_size}, embed {cfg.embed_dim}×{cfg.depth}",
+        "adapter" if cfg.use_adapter else "no adapter",
+    ]
+    if cfg.lora_rank:
+        parts.append(f"LoRA r={cfg.lora_rank}")
+    sp = "×".join(f"{s:g}" for s in pre.spacing_mm)
+    parts.append(f"resampled to {sp} mm")
+    src = loaded.path or meta.get("source")
+    text = ", ".join(parts)
+    if src:
+        text += f"<br><small>{Path(str(src)).name}</small>"
+    return text
+
+
+def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndarray | None,
+               spacing: tuple, modality: str, session_factory: Any = None) -> dict[str, Any]:
+    """Load the model / build the session / set the image, only what changed since last time."""
+    st = ctx.state
+    info: dict[str, Any] = {}
+    if st.model_key != spec.model_key or st.loaded is None:
+        st.session = None
+        st.image_key = None
+        st.loaded = None
+        st.loaded = _load_model(source)
+        st.model_key = spec.model_key
+        info["summary"] = _model_summary(st.loaded)
+    if st.session is None or st.extra.get("device") != spec.device:
+        if session_factory is None:
+            from ..session import Session
+
+            session_factory = Session
+        st.session = session_factory(st.loaded, device=None if spec.device == "auto" else spec.device)
+        st.extra["device"] = spec.device
+        st.image_key = None
+    if image is not None and st.image_key != spec.image_key:
+        st.session.set_image(image, spacing=spacing, modality=modality)
+        st.image_key = spec.image_key
+    info["device"] = str(getattr(st.session, "device", spec.device))
+    return info
+
+
+def _session(ctx: JobContext) -> Any:
+    if ctx.state.session is None or ctx.state.image_key is None:
+        raise MSAMError("no image is set up for segmentation yet (choose an image layer)")
+    return ctx.state.session
+
+
+def _full_object(session: Any, timings: dict | None = None) -> ObjectUpdate:
+    mask = np.asarray(session.current_mask, dtype=bool)
+    bbox = _bbox_of(mask)
+    return ObjectUpdate(bbox, None if bbox is None else mask[bbox].copy(), timings or {}, replace_all=True)
+
+
+def job_click(ctx: JobContext, voxel: tuple[int, int, int], positive: bool) -> ObjectUpdate:
+    res = _session(ctx).add_click(tuple(int(v) for v in voxel), positive=bool(positive))
+    return ObjectUpdate(tuple(res.bbox), np.asarray(res.mask, dtype=bool), dict(res.timings))
+
+
+def job_undo(ctx: JobContext) -> ObjectUpdate:
+    session = _session(ctx)
+    session.undo()
+    return _full_object(session)
+
+
+def job_reset(ctx: JobContext) -> None:
+    if ctx.state.session is not None:
+        ctx.state.session.reset()
+
+
+def job_accept(ctx: JobContext) -> int | None:
+    session = ctx.state.session
+    if session is None:
+        return None
+    if not np.asarray(session.current_mask).any():  # nothing the model made: just start over
+        session.reset()
+        return None
+    return session.accept()
+
+
+def job_replay(ctx: JobContext, clicks: list[tuple[tuple[int, int, int], bool]]) -> ObjectUpdate:
+    """Rebuild the current object from a click list (after points were moved or deleted by hand)."""
+    session = _session(ctx)
+    session.reset()
+    timings: dict[str, float] = {}
+    for voxel, positive in clicks:
+        ctx.check_cancel()
+        res = session.add_click(tuple(int(v) for v in voxel), positive=bool(positive))
+        timings = dict(res.timings)
+    return _full_object(session, timings)
+
+
