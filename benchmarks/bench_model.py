@@ -36,7 +36,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _median(fn: Callable[[], object], repeats: int, device: str, warmup: int = 1) -> tuple[float, list[float]]:
+def _median(
+    fn: Callable[[], object], repeats: int, device: str, warmup: int = 1
+) -> tuple[float, list[float]]:
     for _ in range(warmup):
         fn()
     _sync(device)

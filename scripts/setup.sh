@@ -18,7 +18,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  .venv/bin/pip install -q "$TORCH_SPEC"
+  # word-split on purpose: TORCH_SPEC may carry pip options such as --index-url
+  # shellcheck disable=SC2086
+  .venv/bin/pip install -q $TORCH_SPEC
 fi
 if ! .venv/bin/python -c "import napari_msam, napari, pytest_xvfb" >/dev/null 2>&1; then
   .venv/bin/pip install -q -c scripts/constraints.txt -e ".[napari,testing]"

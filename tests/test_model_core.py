@@ -52,8 +52,20 @@ def test_config_table():
     assert set(CONFIGS) == set(expect)
     for name, e in expect.items():
         c = get_config(name)
-        got = (c.img_size, c.patch_size, c.grid, c.embed_dim, c.depth, c.num_heads, c.window_size,
-               c.global_attn_indexes, c.out_chans, c.use_adapter, c.adapter_heads, c.lora_rank)
+        got = (
+            c.img_size,
+            c.patch_size,
+            c.grid,
+            c.embed_dim,
+            c.depth,
+            c.num_heads,
+            c.window_size,
+            c.global_attn_indexes,
+            c.out_chans,
+            c.use_adapter,
+            c.adapter_heads,
+            c.lora_rank,
+        )
         assert got == e, name
         assert c.low_res == 4 * c.grid
     s, t = get_config("msam-small"), get_config("msam-tiny")
@@ -240,11 +252,18 @@ def test_bad_inputs_raise_clear_errors(tiny):
     with pytest.raises(ValueError, match="points must be"):
         tiny.refine(e, torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 1, dtype=torch.int64))
     with pytest.raises(ValueError, match="mask logits"):
-        tiny.refine(e, torch.zeros(1, 1, 3, dtype=torch.int64), torch.ones(1, 1, dtype=torch.int64),
-                    torch.zeros(1, 1, 8, 8, 8))
+        tiny.refine(
+            e,
+            torch.zeros(1, 1, 3, dtype=torch.int64),
+            torch.ones(1, 1, dtype=torch.int64),
+            torch.zeros(1, 1, 8, 8, 8),
+        )
     with pytest.raises(ValueError, match="embedding must be"):
-        tiny.refine(torch.zeros(1, 16, 4, 4, 4), torch.zeros(1, 1, 3, dtype=torch.int64),
-                    torch.ones(1, 1, dtype=torch.int64))
+        tiny.refine(
+            torch.zeros(1, 16, 4, 4, 4),
+            torch.zeros(1, 1, 3, dtype=torch.int64),
+            torch.ones(1, 1, dtype=torch.int64),
+        )
     with pytest.raises(ValueError, match="attention_impl"):
         tiny.image_encoder.attention_impl = "slow"
 
@@ -273,6 +292,12 @@ def test_gradients_flow_through_fast_path():
     low = m.refine(m.encode(x), torch.tensor([[[9, 9, 9]]]), torch.tensor([[0]]), low)
     m.upsample(low).sigmoid().mean().backward()
     blk0 = m.image_encoder.blocks[0].attn  # windowed (folded) block
-    for p in (blk0.qkv.linear_b_q.weight, blk0.qkv.linear_a_v.weight, blk0.rel_pos_h, blk0.rel_pos_w,
-              m.adapter.add_norm.weight, m.mask_decoder.mask_tokens.weight):
+    for p in (
+        blk0.qkv.linear_b_q.weight,
+        blk0.qkv.linear_a_v.weight,
+        blk0.rel_pos_h,
+        blk0.rel_pos_w,
+        m.adapter.add_norm.weight,
+        m.mask_decoder.mask_tokens.weight,
+    ):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0

@@ -206,7 +206,11 @@ def test_adapter(model, enc_golden, pe_golden):
 def test_decoder(model, enc_golden, pe_golden):
     ref = _load("05_decoder")
     low, iou = model.mask_decoder(
-        enc_golden["enc_lora"], pe_golden["dense_pe"], pe_golden["sparse_pos"], pe_golden["dense"], False,
+        enc_golden["enc_lora"],
+        pe_golden["dense_pe"],
+        pe_golden["sparse_pos"],
+        pe_golden["dense"],
+        False,
         model.adapter,
     )
     assert _maxerr(low, ref["low_res_logits"]) < 1e-4
@@ -233,7 +237,11 @@ def test_refinement_three_iterations(model, enc_golden, encoded, source):
             assert torch.equal(model.refine(e, ref["clicks"][:1], ref["labels"][:1], None), low)
     up = model.upsample(low)[0, 0]
     assert up.shape == (128, 128, 128)
-    for name, sl in (("final_slice_d60", up[60]), ("final_slice_h68", up[:, 68]), ("final_slice_w64", up[:, :, 64])):
+    for name, sl in (
+        ("final_slice_d60", up[60]),
+        ("final_slice_h68", up[:, 68]),
+        ("final_slice_w64", up[:, :, 64]),
+    ):
         assert _maxerr(sl, ref[name]) < 2e-4, name
     up64 = up.to(torch.float64)
     assert up64.sum().item() == pytest.approx(ref["final_sum_f64"], rel=1e-5)

@@ -149,3 +149,26 @@ def test_partial_paste_gives_the_same_mask():
     assert a.mask.any()
     none = paste_back(torch.full((1, 1, 8, 8, 8), -1.0), g, full=False)
     assert none.mask.shape == a.mask.shape and not none.mask.any()
+
+
+def test_mask_only_paste_matches_the_float_paste():
+    """``mask_only`` thresholds on the fly; it must give exactly the mask of the float logits."""
+    torch.manual_seed(2)
+    low = torch.randn(1, 1, 16, 16, 16) - 0.5
+    for axis in ("SPL", "RAS"):
+        g = roi_geometry((50, 70, 60), (3.0, 0.9, 1.1), (20, 30, 25), (2.0, 2.0, 2.0), 32, axis)
+        ref = paste_back(low, g, full=True)
+        for full in (True, False):
+            m = paste_back(low, g, full=full, mask_only=True)
+            assert m.logits.size == 0 and m.region_mask is not None
+            np.testing.assert_array_equal(m.mask, ref.mask)
+
+
+def test_sampling_a_tensor_equals_sampling_the_array():
+    """The CPU gather goes through numpy; a torch input (any dtype) must give the same samples."""
+    rng = np.random.default_rng(3)
+    vol = rng.integers(-1000, 1000, (30, 34, 38)).astype(np.int16)
+    g = roi_geometry(vol.shape, (1.0, 0.8, 1.3), (15, 17, 19), (1.5, 1.5, 1.5), 16)
+    a, va = sample_image(vol, g)
+    b, vb = sample_image(torch.from_numpy(vol), g)
+    assert a.dtype == torch.float32 and torch.equal(a, b) and torch.equal(va, vb)

@@ -190,3 +190,77 @@ def test_real_tiny_model_on_anisotropic_case(tiny_loaded, sts_paths):
     g = s._windows[0].geometry
     assert g.step == pytest.approx(tuple(2.0 / sp for sp in img.spacing))
     assert all(b.start >= 0 and b.stop <= n for b, n in zip(r.bbox, img.data.shape, strict=True))
+
+
+def test_click_outside_the_roi_opens_a_second_window(threshold_loaded, make_sphere):
+    shape = (40, 40, 60)
+    gt = make_sphere(shape, (20, 20, 10), 4) | make_sphere(shape, (20, 20, 48), 4)
+    s = Session(threshold_loaded, device="cpu")
+    s.set_image(np.where(gt, 1.0, -1.0).astype(np.float32), (1.0, 1.0, 1.0))
+    s.add_click((20, 20, 10))
+    assert s.n_windows == 1 and not s.current_mask[:, :, 30:].any()
+    r = s.add_click((20, 20, 48))
+    assert s.n_windows == 2 and r.bbox[2].start >= 30
+    np.testing.assert_array_equal(s.current_mask, gt)
+    s.undo()
+    assert s.n_windows == 1 and not s.current_mask[:, :, 30:].any()
+
+
+class _RadiusModel(torch.nn.Module):
+    """Stand-in whose prediction is a ball around the newest click: radius 6 for a positive click,
+    2 for a negative one, so an object can grow and shrink and undo must bring back each state."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, image):
+        return image.clone()
+
+    def prepare(self, embedding):
+        return embedding
+
+    def refine(self, embedding, points, labels, mask_logits):
+        side = embedding.shape[-1]
+        r = 6.0 if int(labels[0, -1]) == 1 else 2.0
+        ax = torch.arange(side, dtype=torch.float32)
+        p = points[0, -1].float()
+        d2 = (ax[:, None, None] - p[0]) ** 2 + (ax[None, :, None] - p[1]) ** 2 + (ax[None, None, :] - p[2]) ** 2
+        return (r * r - d2).reshape(1, 1, side, side, side)
+
+
+def test_paste_writes_only_what_can_change_and_undo_restores_it():
+    from types import SimpleNamespace
+
+    from napari_msam.model import PreprocessConfig
+
+    loaded = SimpleNamespace(model=_RadiusModel(), config=SimpleNamespace(img_size=32, low_res=32), metadata={},
+                             preprocess=PreprocessConfig(spacing_mm=(1.0, 1.0, 1.0), ct_window=None,
+                                                         normalization="none"))
+    s = Session(loaded, device="cpu", auto_extend=False)
+    s.set_image(np.zeros((40, 40, 40), np.float32), (1.0, 1.0, 1.0))
+    states = [s.current_mask.copy()]
+    for v, pos in [((20, 20, 20), True), ((22, 20, 20), False), ((18, 21, 20), True), ((19, 20, 22), False)]:
+        before = s.current_mask.copy()
+        r = s.add_click(v, pos)
+        roi_box = s._windows[0].geometry.bbox
+        # the reported box is tight (a ball of radius <= 6 plus the previous object), not the 32^3 ROI box
+        assert all(b.stop - b.start <= 15 for b in r.bbox)
+        assert all(b.stop - b.start == 32 for b in roi_box)
+        changed = before != s.current_mask
+        changed[r.bbox] = False
+        assert not changed.any()  # nothing outside the reported box changed
+        np.testing.assert_array_equal(s.current_mask[r.bbox], r.mask)
+        assert sum(old.size for _, old in s._history[-1].patches) <= 15**3  # undo keeps only that box
+        states.append(s.current_mask.copy())
+    assert states[2].sum() < states[1].sum()  # the negative click shrank the object
+    for k in range(len(states) - 1, 0, -1):
+        np.testing.assert_array_equal(s.current_mask, states[k])
+        s.undo()
+    np.testing.assert_array_equal(s.current_mask, states[0])
+    s.add_click((20, 20, 20), True)
+    s.add_click((22, 20, 20), False)
+    small = s.current_mask.copy()
+    oid = s.accept()  # the shrunken object's extent is still tracked correctly
+    np.testing.assert_array_equal(s.labels == oid, small)
+    assert not s.current_mask.any()

@@ -29,7 +29,9 @@ def test_own_roundtrip_exact(tmp_path):
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    pre = PreprocessConfig(spacing_mm=(2.5, 2.0, 1.0), ct_window=None, normalization="zscore", axis_order="SPL")
+    pre = PreprocessConfig(
+        spacing_mm=(2.5, 2.0, 1.0), ct_window=None, normalization="zscore", axis_order="SPL"
+    )
     meta = {"kind": "own", "trained_on": ["STS_001"], "epochs": 3, "dice": 0.75, "nested": {"a": None}}
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, m, pre, meta)
@@ -43,7 +45,9 @@ def test_own_roundtrip_exact(tmp_path):
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         pts, lab = torch.tensor([[[3, 4, 5]]]), torch.tensor([[1]])
-        assert torch.equal(m.refine(m.encode(x), pts, lab), loaded.model.refine(loaded.model.encode(x), pts, lab))
+        assert torch.equal(
+            m.refine(m.encode(x), pts, lab), loaded.model.refine(loaded.model.encode(x), pts, lab)
+        )
     # no metadata: kind defaults to "own"; the file is a plain safetensors file
     save_checkpoint(path, m, pre)
     assert load_checkpoint(path).metadata == {"kind": "own"}
@@ -52,7 +56,9 @@ def test_own_roundtrip_exact(tmp_path):
 
 def test_save_rejects_unserialisable_metadata(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
-        save_checkpoint(tmp_path / "x.safetensors", build_model("msam-tiny"), PreprocessConfig(), {"f": object()})
+        save_checkpoint(
+            tmp_path / "x.safetensors", build_model("msam-tiny"), PreprocessConfig(), {"f": object()}
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -154,9 +160,18 @@ def test_load_fake_msam_training_checkpoint(tmp_path, reference_msam_sd):
     assert sum(p.numel() for p in m.parameters()) == 117_801_712
     sd = m.state_dict()
     for ref_key, ours in [
-        ("lora_sam.sam.image_encoder.blocks.3.attn.qkv.linear_b_q.weight", "image_encoder.blocks.3.attn.qkv.linear_b_q.weight"),
-        ("bidatt.bidirectional_attentions.0.image_conv1.weight", "adapter.bidirectional_attentions.0.image_conv1.weight"),
-        ("lora_sam.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
+        (
+            "lora_sam.sam.image_encoder.blocks.3.attn.qkv.linear_b_q.weight",
+            "image_encoder.blocks.3.attn.qkv.linear_b_q.weight",
+        ),
+        (
+            "bidatt.bidirectional_attentions.0.image_conv1.weight",
+            "adapter.bidirectional_attentions.0.image_conv1.weight",
+        ),
+        (
+            "lora_sam.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+            "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+        ),
     ]:
         assert torch.equal(sd[ours], reference_msam_sd[ref_key])
 

@@ -257,6 +257,17 @@ def test_plugin_menu_widget_and_no_thread_left_after_viewer_close(make_napari_vi
     assert w.auto_panel.gt_combo.currentText() == "STS_024 MR ground truth"
     w.set_model(str(tiny_checkpoint))
     qtbot.waitUntil(lambda: w.worker.pending == 0, timeout=30000)
+    # napari gives plugin widgets a proxy viewer: clicks must still accumulate in one session
+    w.add_click((20, 40, 40), True)
+    w.add_click((22, 45, 38), False)
+    _idle(qtbot, w, 60000)
+    session = w.worker.state.session
+    assert session.clicks == [((20, 40, 40), True), ((22, 45, 38), False)]
+    np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
+    w.undo()
+    _idle(qtbot, w, 60000)
+    assert session.clicks == [((20, 40, 40), True)]
+    np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
     worker = w.worker
     viewer.close()
     QApplication.processEvents()

@@ -20,8 +20,9 @@ def _case(image: str, mask: str, label: str) -> list[tuple[Any, dict[str, Any], 
     gt = read_volume(SAMPLE_DIR / mask, is_label=True)
     img_layer = volume_to_layer_data(img, f"STS_024 {label}", as_label=False)
     gt_layer = volume_to_layer_data(gt, f"STS_024 {label} ground truth", as_label=True)
+    # cyan, so the truth never looks like the model's label 1 (napari's default colour for id 1)
+    gt_layer[1]["colormap"] = {None: (0.0, 0.0, 0.0, 0.0), 1: (0.2, 0.9, 1.0, 1.0)}
     gt_layer[1]["opacity"] = 0.5
-    gt_layer[1]["visible"] = True
     return [img_layer, gt_layer]
 
 

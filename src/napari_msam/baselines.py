@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,8 +107,11 @@ class RandomWalkerSession:
         if not (seeds == 1).any():
             seg = np.zeros(img.shape, bool)
         else:
-            labels = random_walker(img, seeds, beta=self.beta, mode=self.mode, tol=self.tol,
-                                   spacing=self.spacing)
+            with warnings.catch_warnings():
+                # the CG solver's probabilities may overshoot [0, 1] slightly; only the argmax is used
+                warnings.filterwarnings("ignore", message="The probability range is outside")
+                labels = random_walker(img, seeds, beta=self.beta, mode=self.mode, tol=self.tol,
+                                       spacing=self.spacing)
             seg = labels == 1
         changed = box if self._box is None else tuple(
             slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, self._box, strict=True))

@@ -160,6 +160,18 @@ def roi_geometry(
 
 
 # --------------------------------------------------------------------------------- interpolation
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.int16, torch.int32, torch.int64, torch.uint8,
+                 torch.int8, torch.bool)
+
+
+def _take(t: torch.Tensor, dim: int, idx: np.ndarray) -> torch.Tensor:
+    """``t.index_select(dim, idx)``; on the CPU via ``np.take``, which is 5-15x faster for a gather along
+    the innermost axis (torch's index_select there is element-wise). Same values, bit for bit."""
+    if t.device.type == "cpu" and not t.requires_grad and t.dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.take(t.numpy(), idx, axis=dim))
+    return t.index_select(dim, torch.as_tensor(idx, device=t.device))
+
+
 def _linear_axis(
     t: torch.Tensor, dim: int, pos: np.ndarray, offset: int, n: int, clamp: bool
 ) -> torch.Tensor:
@@ -178,9 +190,9 @@ def _linear_axis(
         w = torch.as_tensor(pos - i0, dtype=t.dtype, device=device).view(shape)
         r0 = i0 - offset
         r1 = np.minimum(r0 + 1, size - 1)
-        g0 = t.index_select(dim, torch.as_tensor(r0, device=device))
-        g1 = t.index_select(dim, torch.as_tensor(r1, device=device))
-        return torch.lerp(g0, g1, w)
+        g0 = _take(t, dim, r0)
+        g1 = _take(t, dim, r1)
+        return g0.lerp_(g1, w)  # in place: g0 is a fresh gather
     i0 = np.floor(pos).astype(np.int64)
     w = pos - i0
     i1 = i0 + 1
@@ -189,9 +201,9 @@ def _linear_axis(
     ok1 = (i1 >= 0) & (i1 < n) & (r1 >= 0) & (r1 < size)
     w0 = torch.as_tensor((1.0 - w) * ok0, dtype=t.dtype, device=device).view(shape)
     w1 = torch.as_tensor(w * ok1, dtype=t.dtype, device=device).view(shape)
-    g0 = t.index_select(dim, torch.as_tensor(np.clip(r0, 0, size - 1), device=device))
-    g1 = t.index_select(dim, torch.as_tensor(np.clip(r1, 0, size - 1), device=device))
-    return torch.addcmul(g0 * w0, g1, w1)
+    g0 = _take(t, dim, np.clip(r0, 0, size - 1))
+    g1 = _take(t, dim, np.clip(r1, 0, size - 1))
+    return g0.mul_(w0).addcmul_(g1, w1)  # in place (fresh gathers): same arithmetic, no new full-size arrays
 
 
 def _needed_block(pos: np.ndarray, n: int) -> tuple[int, int]:
@@ -332,20 +344,24 @@ def prepare_label_roi(label: np.ndarray | torch.Tensor, geometry: RoiGeometry,
 class Pasted:
     """Native-grid result of one ROI: ``bbox`` is the ROI's native box; ``logits`` cover ``region`` (a sub-box
     of ``bbox``, absolute indices; all of it when pasted with ``full=True``). Outside ``region`` every
-    voxel is certainly <= 0. ``mask`` = logits > 0 (sigmoid > 0.5) over the whole ``bbox``."""
+    voxel is certainly <= 0. ``mask`` = logits > 0 (sigmoid > 0.5) over the whole ``bbox``.
+    With ``mask_only=True`` the float logits are not kept (``logits`` is empty) and ``region_mask`` holds
+    logits > 0 over ``region``."""
 
     bbox: tuple[slice, slice, slice]
     logits: np.ndarray
     region: tuple[slice, slice, slice] | None = None
+    region_mask: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray:
         region = self.region if self.region is not None else self.bbox
+        inner = self.region_mask if self.region_mask is not None else self.logits > 0
         if region == self.bbox:
-            return self.logits > 0
+            return inner
         out = np.zeros(tuple(b.stop - b.start for b in self.bbox), bool)
         rel = tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(region, self.bbox, strict=True))
-        out[rel] = self.logits > 0
+        out[rel] = inner
         return out
 
 
@@ -355,8 +371,42 @@ def _grid_coords(geometry: RoiGeometry, axis: int, native_idx: np.ndarray, side:
     return (u + 0.5) * (side / geometry.size) - 0.5
 
 
+def _lerp_planes(t: torch.Tensor, pos: np.ndarray, threshold: bool) -> np.ndarray:
+    """Linear interpolation along axis 0 (edge values) at grid positions ``pos`` in [0, side-1], written
+    plane group by plane group: native planes between the same two grid planes share their two source
+    planes, so nothing is gathered and no full-size temporaries are made. ``threshold``: return
+    ``value > 0`` (bool) instead of the float values. Same arithmetic as :func:`_linear_axis` (clamp)."""
+    side = t.shape[0]
+    if t.device.type != "cpu":  # one gather beats a Python loop of small kernel launches on a GPU
+        v = _linear_axis(t, 0, pos, 0, side, clamp=True)
+        return (v > 0 if threshold else v).cpu().numpy()
+    pos = np.clip(pos, 0, side - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    w = torch.as_tensor(pos - i0, dtype=t.dtype, device=t.device)
+    n = len(pos)
+    out = torch.empty((n, *t.shape[1:]), dtype=torch.bool if threshold else t.dtype, device=t.device)
+    starts = np.flatnonzero(np.diff(i0, prepend=-1)) if n else np.zeros(0, np.int64)
+    bounds = list(starts) + [n]
+    buf = torch.empty((int(np.diff(bounds).max()) if n else 0, *t.shape[1:]), dtype=t.dtype, device=t.device) \
+        if threshold else None
+    for k0, k1 in zip(bounds[:-1], bounds[1:], strict=True):
+        j = int(i0[k0])
+        m = k1 - k0
+        a = t[j].expand(m, *t.shape[1:])
+        b = t[min(j + 1, side - 1)].expand(m, *t.shape[1:])
+        ww = w[k0:k1].view(-1, *([1] * (t.ndim - 1)))
+        if threshold:
+            assert buf is not None
+            torch.lerp(a, b, ww, out=buf[:m])
+            torch.gt(buf[:m], 0, out=out[k0:k1])
+        else:
+            torch.lerp(a, b, ww, out=out[k0:k1])
+    return out.cpu().numpy()
+
+
 def paste_back(
-    logits_roi: torch.Tensor, geometry: RoiGeometry, out_shape: Sequence[int] | None = None, *, full: bool = True
+    logits_roi: torch.Tensor, geometry: RoiGeometry, out_shape: Sequence[int] | None = None, *, full: bool = True,
+    mask_only: bool = False,
 ) -> Pasted:
     """Map model-grid logits (any cubic side: low-res L or S, model axis order) to the native voxels of the
     ROI's bounding box by one trilinear step (edge values at the ROI border), float32 numpy.
@@ -364,7 +414,8 @@ def paste_back(
     With equal spacings this equals ``F.interpolate(..., size=S, mode="trilinear", align_corners=False)``
     cropped to the volume, i.e. the reference's upsample. ``full=False`` interpolates only the native
     voxels whose 8 grid neighbours include a positive logit (a convex combination of values <= 0 is <= 0),
-    so the mask is identical but a small object on a large ROI costs little.
+    so the mask is identical but a small object on a large ROI costs little. ``mask_only=True`` thresholds
+    the last interpolation pass on the fly and keeps no float logits (``Pasted.region_mask``).
     """
     if out_shape is not None and tuple(int(s) for s in out_shape) != geometry.native_shape:
         raise MSAMError(f"out_shape {tuple(out_shape)} does not match the ROI's volume {geometry.native_shape}")
@@ -400,9 +451,12 @@ def paste_back(
             coords[a] = (idx[k0:k1], v[k0:k1])
             reg.append(slice(bbox[a].start + k0, bbox[a].start + k1))
         region = (reg[0], reg[1], reg[2])
-    for a in (2, 1, 0):
+    for a in (2, 1):
         t = _linear_axis(t, a, coords[a][1], 0, side, clamp=True)
-    return Pasted(bbox=bbox, logits=t.cpu().numpy().astype(np.float32, copy=False), region=region)
+    if mask_only:
+        return Pasted(bbox=bbox, logits=np.zeros((0, 0, 0), np.float32), region=region,
+                      region_mask=_lerp_planes(t, coords[0][1], threshold=True))
+    return Pasted(bbox=bbox, logits=_lerp_planes(t, coords[0][1], threshold=False), region=region)
 
 
 def resample_logits(

@@ -61,9 +61,26 @@ class _Window:
 
 @dataclass
 class _Step:
+    """Undo record of one click: the ROIs, clicks and object extent before it, and the old mask voxels of
+    every box it overwrote (only those boxes, never the whole volume)."""
+
     windows: list[_Window]
     clicks: list[tuple[tuple[int, int, int], bool]]
+    extent: Box | None = None
     patches: list[tuple[Box, np.ndarray]] = field(default_factory=list)
+
+
+def _empty(b: Box) -> bool:
+    return any(s.stop <= s.start for s in b)
+
+
+def _rel(inner: Box, outer: Box) -> Box:
+    """``inner`` (absolute indices) relative to ``outer``'s origin."""
+    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True))  # type: ignore[return-value]
+
+
+def _contains(outer: Box, inner: Box) -> bool:
+    return all(o.start <= i.start and i.stop <= o.stop for o, i in zip(outer, inner, strict=True))
 
 
 def _union(a: Box | None, b: Box) -> Box:
@@ -188,6 +205,7 @@ class Session:
         self._windows: list[_Window] = []
         self._clicks: list[tuple[tuple[int, int, int], bool]] = []
         self._history: list[_Step] = []
+        # a box holding every True voxel of the current object (None: empty); may be loose, never too small
         self._extent: Box | None = None
 
     @property
@@ -332,25 +350,49 @@ class Session:
     # ------------------------------------------------------------------ pasting
     def _paste(self, window: _Window, step: _Step, timings: dict[str, float], *,
                keep: list[Box] | None = None) -> tuple[Box, np.ndarray]:
-        """Write the window's prediction into its native box; voxels inside any box of ``keep`` stay."""
+        """Write the window's prediction into its native box; voxels inside any box of ``keep`` stay.
+
+        Only the part of the box that can change is written (and saved for undo): the region where the
+        new logits can be > 0 plus the object's previous extent inside the box. Everything else in the box
+        is False before and after. Returns the written box and the float logits (probabilities mode only).
+        """
         t0 = time.perf_counter()
         assert window.low_res is not None
-        pasted = paste_back(window.low_res, window.geometry, full=self.return_probabilities)
+        full = self.return_probabilities
+        pasted = paste_back(window.low_res, window.geometry, full=full, mask_only=not full)
         box = pasted.bbox
-        new = pasted.mask
-        old = self._mask[box].copy()
+        region = pasted.region if pasted.region is not None else box
+        has_new = not _empty(region)
+        prev = None if self._extent is None else _intersect(self._extent, box)
+        if full:
+            write = box
+        elif has_new:
+            write = region if prev is None else _union(region, prev)
+        else:
+            write = prev if prev is not None else box
+        old = self._mask[write].copy()
+        if write == box:
+            new = pasted.mask
+        else:
+            new = np.zeros(old.shape, bool)
+            if has_new:
+                inner = pasted.region_mask if pasted.region_mask is not None else pasted.logits > 0
+                new[_rel(region, write)] = inner
         if keep:
             protect = np.zeros(new.shape, bool)
             for k in keep:
-                inter = _intersect(box, k)
+                inter = _intersect(write, k)
                 if inter is not None:
-                    protect[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, box, strict=True))] = True
+                    protect[_rel(inter, write)] = True
             new = np.where(protect, old, new)
-        step.patches.append((box, old))
-        self._mask[box] = new
-        self._extent = _union(self._extent, box)
+        step.patches.append((write, old))
+        self._mask[write] = new
+        if self._extent is not None and (keep or not _contains(write, self._extent)):
+            self._extent = _union(self._extent, region) if has_new else self._extent
+        else:  # every old voxel was inside the written box: the new object lies inside ``region``
+            self._extent = region if has_new else None
         timings["paste"] += time.perf_counter() - t0
-        return box, pasted.logits
+        return write, pasted.logits
 
     def _clear_outside(self, old: RoiGeometry, new: RoiGeometry, step: _Step) -> None:
         """After a re-centre: the part of the old box the new ROI does not cover no longer has a window."""
@@ -471,7 +513,7 @@ class Session:
         t0 = time.perf_counter()
         v = self._check_voxel(voxel)
         timings = {"encode": 0.0, "refine": 0.0, "paste": 0.0}
-        step = _Step(windows=list(self._windows), clicks=list(self._clicks))
+        step = _Step(windows=list(self._windows), clicks=list(self._clicks), extent=self._extent)
         self._clicks.append((v, bool(positive)))
         label = 1 if positive else 0
         try:
@@ -512,6 +554,7 @@ class Session:
             self._mask[box] = old
         self._windows = list(step.windows)
         self._clicks = list(step.clicks)
+        self._extent = step.extent
 
     def undo(self) -> ClickResult | None:
         """Exactly restore the state before the last click (mask, logits, ROIs); None if nothing to undo."""

@@ -89,7 +89,9 @@ class Attention(nn.Module):
         b, n, n2, n3, c = x.shape
         s = window
         if not n == n2 == n3 or n > s:
-            raise ValueError(f"folded attention needs a cube no larger than the window, got {x.shape[1:4]} / {s}")
+            raise ValueError(
+                f"folded attention needs a cube no larger than the window, got {x.shape[1:4]} / {s}"
+            )
         if n == s:
             return self.attend(x, "fast")
         heads, hd = self.num_heads, self.head_dim
@@ -141,7 +143,9 @@ def window_partition(x: Tensor, window: int) -> tuple[Tensor, tuple[int, int, in
     return x, (dp, hp, wp)
 
 
-def window_unpartition(x: Tensor, window: int, padded: tuple[int, int, int], size: tuple[int, int, int]) -> Tensor:
+def window_unpartition(
+    x: Tensor, window: int, padded: tuple[int, int, int], size: tuple[int, int, int]
+) -> Tensor:
     """Inverse of :func:`window_partition`, cropping the padding away."""
     dp, hp, wp = padded
     nwin = (dp // window) * (hp // window) * (wp // window)

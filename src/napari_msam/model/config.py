@@ -49,15 +49,21 @@ class MSAMConfig:
         """Reject combinations the modules cannot build, with a readable message."""
         problems = []
         if self.img_size <= 0 or self.patch_size <= 0 or self.img_size % self.patch_size:
-            problems.append(f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}")
+            problems.append(
+                f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}"
+            )
         if self.embed_dim % max(self.num_heads, 1) or self.num_heads <= 0:
             problems.append(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
         if self.use_adapter and (self.adapter_heads <= 0 or self.out_chans % self.adapter_heads):
-            problems.append(f"out_chans {self.out_chans} must be divisible by adapter_heads {self.adapter_heads}")
+            problems.append(
+                f"out_chans {self.out_chans} must be divisible by adapter_heads {self.adapter_heads}"
+            )
         if self.out_chans % 8:
             problems.append(f"out_chans {self.out_chans} must be divisible by 8 (decoder upscaling)")
         if (self.out_chans // 2) % max(self.decoder_heads, 1) or self.out_chans % max(self.decoder_heads, 1):
-            problems.append(f"out_chans {self.out_chans} / 2 must be divisible by decoder_heads {self.decoder_heads}")
+            problems.append(
+                f"out_chans {self.out_chans} / 2 must be divisible by decoder_heads {self.decoder_heads}"
+            )
         if self.mask_in_chans % 4 or self.mask_in_chans <= 0:
             problems.append(f"mask_in_chans {self.mask_in_chans} must be a positive multiple of 4")
         if self.window_size < 0 or self.lora_rank < 0 or self.depth <= 0:
@@ -150,8 +156,18 @@ REFERENCE_PREPROCESS = PreprocessConfig(
 DEFAULT_PREPROCESS = PreprocessConfig(spacing_mm=(2.5, 2.5, 2.5))
 
 _SMALL = dict(
-    img_size=64, patch_size=8, embed_dim=256, depth=4, num_heads=8, window_size=0, global_attn_indexes=(),
-    out_chans=192, lora_rank=0, adapter_heads=3, decoder_heads=8, decoder_mlp_dim=768,
+    img_size=64,
+    patch_size=8,
+    embed_dim=256,
+    depth=4,
+    num_heads=8,
+    window_size=0,
+    global_attn_indexes=(),
+    out_chans=192,
+    lora_rank=0,
+    adapter_heads=3,
+    decoder_heads=8,
+    decoder_mlp_dim=768,
 )
 
 CONFIGS: dict[str, MSAMConfig] = {
@@ -160,9 +176,21 @@ CONFIGS: dict[str, MSAMConfig] = {
     "msam-small": MSAMConfig(name="msam-small", **_SMALL),
     "sam-med3d-small": MSAMConfig(name="sam-med3d-small", **{**_SMALL, "use_adapter": False}),
     "msam-tiny": MSAMConfig(
-        name="msam-tiny", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=6,
-        global_attn_indexes=(1,), out_chans=32, lora_rank=2, adapter_heads=2, mask_in_chans=8,
-        decoder_heads=4, decoder_mlp_dim=64, iou_head_hidden=32,
+        name="msam-tiny",
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        window_size=6,
+        global_attn_indexes=(1,),
+        out_chans=32,
+        lora_rank=2,
+        adapter_heads=2,
+        mask_in_chans=8,
+        decoder_heads=4,
+        decoder_mlp_dim=64,
+        iou_head_hidden=32,
     ),
 }
 

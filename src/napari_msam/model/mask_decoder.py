@@ -38,7 +38,9 @@ class MaskDecoder3D(nn.Module):
             nn.ConvTranspose3d(c // 4, c // 8, kernel_size=2, stride=2),
             nn.GELU(),
         )
-        self.output_hypernetworks_mlps = nn.ModuleList(MLP(c, c, c // 8, 3) for _ in range(self.num_mask_tokens))
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(c, c, c // 8, 3) for _ in range(self.num_mask_tokens)
+        )
         self.iou_prediction_head = MLP(c, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
     def forward(

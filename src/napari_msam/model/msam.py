@@ -40,7 +40,9 @@ class MSAM(nn.Module):
         self.image_encoder = ImageEncoderViT3D(config)
         if config.lora_rank > 0:
             apply_lora(self.image_encoder, config.lora_rank)
-        self.prompt_encoder = PromptEncoder3D(config.out_chans, config.grid, config.img_size, config.mask_in_chans)
+        self.prompt_encoder = PromptEncoder3D(
+            config.out_chans, config.grid, config.img_size, config.mask_in_chans
+        )
         self.mask_decoder = MaskDecoder3D(
             config.out_chans,
             depth=config.decoder_depth,
@@ -50,7 +52,9 @@ class MSAM(nn.Module):
             iou_head_hidden_dim=config.iou_head_hidden,
         )
         self.adapter: MaskEnhancedAdapter | None = (
-            MaskEnhancedAdapter(config.out_chans, config.adapter_heads, config.grid) if config.use_adapter else None
+            MaskEnhancedAdapter(config.out_chans, config.adapter_heads, config.grid)
+            if config.use_adapter
+            else None
         )
 
     @property
@@ -120,6 +124,8 @@ class MSAM(nn.Module):
         s = self.config.img_size
         return F.interpolate(low_res, size=(s, s, s), mode="trilinear", align_corners=False)
 
-    def forward(self, image: Tensor, points: Tensor, labels: Tensor, mask_logits: Tensor | None = None) -> Tensor:
+    def forward(
+        self, image: Tensor, points: Tensor, labels: Tensor, mask_logits: Tensor | None = None
+    ) -> Tensor:
         """Convenience single-shot: encode + one refinement, low-res logits."""
         return self.refine(self.encode(image), points, labels, mask_logits)  # type: ignore[return-value]

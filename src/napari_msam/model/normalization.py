@@ -12,7 +12,11 @@ def zscore_stats(x: np.ndarray | torch.Tensor) -> tuple[float, float]:
     Falls back to all voxels when fewer than two are positive, and to std 1 for a constant input, so an
     empty or flat ROI never produces NaNs.
     """
-    a = x.detach().cpu().to(torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+    a = (
+        x.detach().cpu().to(torch.float64).numpy()
+        if isinstance(x, torch.Tensor)
+        else np.asarray(x, np.float64)
+    )
     sel = a[a > 0]
     if sel.size < 2:
         sel = a.ravel()

@@ -37,7 +37,12 @@ class TwoWayAttentionBlock(nn.Module):
     """self-attn -> token->image -> MLP -> image->token, each followed by a LayerNorm."""
 
     def __init__(
-        self, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        downsample_rate: int,
+        skip_first_layer_pe: bool,
     ) -> None:
         super().__init__()
         self.self_attn = DecoderAttention(embedding_dim, num_heads)
@@ -50,7 +55,9 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = DecoderAttention(embedding_dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -73,13 +80,17 @@ class TwoWayTransformer3D(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(
+                embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0)
+            )
             for i in range(depth)
         )
         self.final_attn_token_to_image = DecoderAttention(embedding_dim, num_heads, downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """(B, C, g, g, g) image, its PE and (B, T, C) tokens -> (tokens, image tokens (B, g^3, C))."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)

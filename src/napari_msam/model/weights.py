@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ def check_state_dict(
 
 
 def detect_kind(sd: Mapping[str, Any]) -> str:
-    """"msam-train" | "sam-med3d" | "own" from the key names; CheckpointError otherwise."""
+    """ "msam-train" | "sam-med3d" | "own" from the key names; CheckpointError otherwise."""
     keys = list(sd)
     if any(k.startswith(_MSAM_TRAIN_PREFIX) or k.startswith(_ADAPTER_REF_PREFIX) for k in keys):
         return "msam-train"
@@ -163,13 +164,15 @@ def _build_loaded(config: MSAMConfig, sd: dict[str, Tensor]) -> MSAM:
 
 
 # ------------------------------------------------------------------------------------------------ public
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", as_msam: bool = False) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path, *, device: str | torch.device = "cpu", as_msam: bool = False
+) -> LoadedModel:
     """Load any supported checkpoint strictly; the model comes back in eval mode on ``device``."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     if _is_safetensors(p):
-        loaded = _load_own(p)
+        loaded = _load_own(p, as_msam=as_msam)
     else:
         obj = _torch_load(p)
         if isinstance(obj, Mapping) and "model_state_dict" in obj:
@@ -211,7 +214,30 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", as_
     return loaded
 
 
-def _load_own(p: Path) -> LoadedModel:
+def _with_adapter(config: MSAMConfig) -> MSAMConfig:
+    """The M-SAM config that equals ``config`` plus the adapter (a named one when it exists)."""
+    from .config import CONFIGS
+
+    target = dataclasses.replace(config, use_adapter=True)
+    for name, c in CONFIGS.items():
+        if dataclasses.replace(c, name=config.name) == dataclasses.replace(target, name=config.name):
+            return dataclasses.replace(target, name=name)
+    return dataclasses.replace(target, name=f"{config.name}+adapter")
+
+
+def _base_into_msam(config: MSAMConfig, sd: Mapping[str, Tensor]) -> MSAM:
+    """An adapter-less checkpoint as the base of M-SAM: every base key strict, the adapter fresh."""
+    model = MSAM(config)
+    own = model.state_dict()
+    fresh = {k for k in own if k.startswith("adapter.")}
+    check_state_dict(sd, {k: v.shape for k, v in own.items()}, allow_missing=fresh)
+    result = model.load_state_dict(dict(sd), strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != fresh:
+        raise CheckpointError(f"the base checkpoint did not fit {config.name}: {result}")
+    return model
+
+
+def _load_own(p: Path, as_msam: bool = False) -> LoadedModel:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -222,8 +248,12 @@ def _load_own(p: Path) -> LoadedModel:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"could not read safetensors file {p.name}: {exc}") from None
     if header.get("format") != FORMAT:
-        if "image_encoder.patch_embed.proj.weight" in tensors or any(k.startswith("lora_sam.") for k in tensors):
-            raise CheckpointError(f"{p.name} is a safetensors file without napari-msam metadata (config unknown)")
+        if "image_encoder.patch_embed.proj.weight" in tensors or any(
+            k.startswith("lora_sam.") for k in tensors
+        ):
+            raise CheckpointError(
+                f"{p.name} is a safetensors file without napari-msam metadata (config unknown)"
+            )
         raise CheckpointError(f"{p.name} is not a napari-msam checkpoint (no '{FORMAT}' metadata)")
     try:
         version = int(header.get("format_version", "1"))
@@ -233,8 +263,15 @@ def _load_own(p: Path) -> LoadedModel:
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{p.name} has broken napari-msam metadata: {exc}") from None
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{p.name} uses format version {version}; this napari-msam reads <= {FORMAT_VERSION}")
-    model = _build_loaded(config, _float32(tensors))
+        raise CheckpointError(
+            f"{p.name} uses format version {version}; this napari-msam reads <= {FORMAT_VERSION}"
+        )
+    if as_msam and not config.use_adapter:
+        config = _with_adapter(config)
+        model = _base_into_msam(config, _float32(tensors))
+        metadata["as_msam"] = True
+    else:
+        model = _build_loaded(config, _float32(tensors))
     metadata.setdefault("kind", "own")
     return LoadedModel(model, config, preprocess, metadata, str(p))
 

@@ -115,7 +115,9 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: Any, *, model_path: str | None = None,
                  session_factory: Any = None, confirm_clear: bool = True) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugin widgets a PublicOnlyProxy whose attribute access returns fresh proxies, so
+        # layer identity (``is``, ``id``) would change on every access; work on the real viewer.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._session_factory = session_factory
         self._confirm_clear = confirm_clear
         self.worker = InferenceWorker()
@@ -449,9 +451,9 @@ class SegmentWidget(QWidget):
             else:
                 layer = Points(
                     np.zeros((0, 3)), ndim=3, name=PROMPTS_NAME, scale=image.scale, translate=image.translate,
-                    rotate=image.rotate, shear=image.shear, size=7, border_color="white", border_width=0.1,
+                    rotate=image.rotate, shear=image.shear, size=3, border_color="white", border_width=0.15,
                     face_color=POSITIVE_COLOR if self._positive else NEGATIVE_COLOR,
-                    features={"positive": np.zeros(0, dtype=bool)}, out_of_slice_display=True,
+                    features={"positive": np.zeros(0, dtype=bool)},
                     feature_defaults={"positive": self._positive},
                 )
                 self._updating_points = True
@@ -707,7 +709,7 @@ class SegmentWidget(QWidget):
         data = self._image_array(image)
         modality = self.modality_combo.currentText().lower()
         spacing = tuple(float(s) for s in image.scale)
-        spec = SessionSpec(source, self.device, (id(image), id(image.data), data.shape, modality, spacing))
+        spec = SessionSpec(source, self.device, (_layer_token(image), id(data), data.shape, modality, spacing))
         if spec != self._submitted_spec:
             self._submitted_spec = spec
             self.submit("set up image", job_ensure, spec, source, data, spacing, modality,
@@ -1055,6 +1057,11 @@ class SegmentWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.close_worker()
         super().closeEvent(event)
+
+
+def _layer_token(layer: Any) -> Any:
+    """A stable identity for a layer (ids of deleted layers can be reused)."""
+    return getattr(layer, "unique_id", None) or id(layer)
 
 
 def _set_points(layer: Any, data: np.ndarray, positive: np.ndarray, default: bool) -> None:
