@@ -24,6 +24,7 @@ import torch
 from scipy import ndimage
 
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
+from .model.click_prior import ClickPrior
 from .io import check_volume_array
 from .preprocess import (
     MODALITIES,
@@ -160,6 +161,7 @@ class Session:
         self.preprocess = loaded.preprocess
         self.img_size = int(self.config.img_size)
         self.multi_click = multi_click
+        self.click_prior = ClickPrior.from_metadata(getattr(loaded, "metadata", None))
         self.auto_extend = auto_extend
         self.max_windows = max(1, int(max_windows))
         self.cache_size = max(1, int(cache_size))
@@ -338,6 +340,12 @@ class Session:
             pts = torch.tensor([[p for p, _ in points]], dtype=torch.int64, device=self.device)
             lab = torch.tensor([[lb for _, lb in points]], dtype=torch.int64, device=self.device)
             prev = None if window.low_res is None else window.low_res.to(self.device)
+            if self.click_prior is not None:  # all of the object's clicks in this ROI, as in training
+                every = window.points + ((point, label),)
+                prev = self.click_prior.apply(
+                    prev, torch.tensor([[p for p, _ in every]], dtype=torch.int64, device=self.device),
+                    torch.tensor([[lb for _, lb in every]], dtype=torch.int64, device=self.device),
+                    self.img_size, 4 * (self.img_size // self.config.patch_size))
             with torch.inference_mode():
                 low = self.model.refine(prepared, pts, lab, prev)
             self._sync()

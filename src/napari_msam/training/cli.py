@@ -28,7 +28,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("data", nargs="+", metavar="DATA_DIR",
                         help="data folder(s): MSD (imagesTr/labelsTr), X + X_label pairs, or one folder per patient")
     parser.add_argument("--out", required=True, help="output folder (last/best.safetensors, state.pt, cache/)")
-    parser.add_argument("--config", default="msam-small", help="model config for training from scratch")
+    parser.add_argument("--config", default="msam-small", help="model config for training from scratch; with --init an adapter-less checkpoint gets a fresh adapter when this config has one")
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
                         help="fine-tune from this checkpoint (its config and preprocessing are used)")
     parser.add_argument("--resume", action="store_true", help="continue exactly from OUT/state.pt")
@@ -61,6 +61,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--val-every", type=int, default=1)
     parser.add_argument("--jitter", type=int, default=None, help="crop-centre jitter in voxels (default S/8)")
     parser.add_argument("--no-flips", action="store_true")
+    parser.add_argument("--click-prior", type=float, nargs=2, default=None, metavar=("RADIUS", "VALUE"),
+                        help="paint every click into the mask input as a ball of RADIUS low-res voxels set to "
+                             "+/-VALUE logits (see model/click_prior.py); stored in the checkpoint")
     parser.add_argument("--click-centre-prob", type=float, default=0.5,
                         help="share of training crops centred on a random tumour voxel, as the Session centres "
                              "its ROI on the first click (the rest centre on the tumour's bounding box)")
@@ -88,7 +91,9 @@ def config_from_args(args: argparse.Namespace):
         decoder_lr_factor=args.decoder_lr_factor, milestones=tuple(args.milestones or ()), gamma=args.gamma,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, clicks=args.clicks, val_clicks=args.val_clicks,
         click_strategy=args.click_strategy, multi_click=args.multi_click, dice_weight=args.dice_weight,
-        bce_weight=args.bce_weight, jitter=args.jitter, flips=not args.no_flips, click_centre_prob=args.click_centre_prob, val_every=args.val_every,
+        bce_weight=args.bce_weight, jitter=args.jitter, flips=not args.no_flips, click_centre_prob=args.click_centre_prob,
+        click_prior_radius=args.click_prior[0] if args.click_prior else 0.0,
+        click_prior_value=args.click_prior[1] if args.click_prior else 4.0, val_every=args.val_every,
         seed=args.seed, device=args.device, num_threads=args.threads, amp=not args.no_amp,
         time_limit_s=args.time_limit * 60.0 if args.time_limit else None, resume=args.resume,
         cache=not args.no_cache,

@@ -77,8 +77,13 @@ def interaction_loss(
     multi_click: bool = False,
     compute_loss: bool = True,
     autocast: bool = False,
+    click_prior=None,
 ) -> LoopResult:
-    """Run the N-click loop on a batch. images (B,1,S,S,S) normalised; gts (B,1,S,S,S) {0,1}."""
+    """Run the N-click loop on a batch. images (B,1,S,S,S) normalised; gts (B,1,S,S,S) {0,1}.
+
+    ``click_prior`` (a ``model.click_prior.ClickPrior``) paints all clicks so far into the mask input
+    before each refinement, exactly as the Session does for checkpoints trained with it.
+    """
     device = images.device
     b = images.shape[0]
     gt_np = gts[:, 0].detach().cpu().numpy() > 0.5
@@ -108,8 +113,14 @@ def interaction_loss(
         else:
             points = torch.tensor([[p[-1]] for p in pts], dtype=torch.int64, device=device)
             labels = torch.tensor([[x[-1]] for x in lbl], dtype=torch.int64, device=device)
+        mask_in = low
+        if click_prior is not None:
+            mask_in = click_prior.apply(
+                low, torch.tensor(pts, dtype=torch.int64, device=device),
+                torch.tensor(lbl, dtype=torch.int64, device=device), images.shape[-1],
+                4 * (images.shape[-1] // model.config.patch_size))
         with ctx:
-            low = model.refine(emb, points, labels, low)
+            low = model.refine(emb, points, labels, mask_in)
             logits = model.upsample(low)
         logits = logits.float()
         if compute_loss:

@@ -76,6 +76,8 @@ class TrainConfig:
     bce_weight: float = 0.5
     jitter: int | None = None  # crop-centre jitter in voxels; None = img_size // 8
     flips: bool = True
+    click_prior_radius: float = 0.0  # > 0: paint clicks into the mask input (model.click_prior); 0 = reference
+    click_prior_value: float = 4.0
     click_centre_prob: float = 0.5  # share of training crops centred on a random tumour voxel (as inference)
     min_fg: int = 10
     val_every: int = 1
@@ -200,7 +202,13 @@ class Trainer:
         if cfg.init_checkpoint:
             from napari_msam.model.weights import load_checkpoint
 
-            loaded = load_checkpoint(cfg.init_checkpoint, device="cpu", as_msam=True)
+            # An adapter-less init (SAM-Med3D or our ablation) gets a fresh adapter when the requested
+            # config has one (the M-SAM recipe); with an adapter-less config it stays as it is.
+            try:
+                want_adapter = get_config(cfg.model_config).use_adapter
+            except KeyError:
+                want_adapter = True
+            loaded = load_checkpoint(cfg.init_checkpoint, device="cpu", as_msam=want_adapter)
             model, preprocess = loaded.model, loaded.preprocess
             from_scratch = False
         else:
@@ -331,7 +339,8 @@ class Trainer:
                 x, y = self._batch(val, [j], rng, img_size, 0, False, device)
                 res = interaction_loss(model, x, y, n_clicks=n_clicks, rng=rng, strategy=cfg.click_strategy,
                                        dice_weight=cfg.dice_weight, bce_weight=cfg.bce_weight,
-                                       multi_click=cfg.multi_click, autocast=use_amp)
+                                       multi_click=cfg.multi_click, autocast=use_amp,
+                                       click_prior=self.click_prior)
                 for k in range(n_clicks):
                     sums[k] += float(np.mean(res.dice_per_click[k]))
                 loss_sum += float(res.loss)
@@ -343,8 +352,20 @@ class Trainer:
             return None
         return [s / count for s in tot[:n_clicks]], tot[n_clicks] / count
 
+    @property
+    def click_prior(self):
+        """The click prior this run trains with (None: the reference's mask input)."""
+        from napari_msam.model.click_prior import ClickPrior
+
+        cfg = self.config
+        if cfg.click_prior_radius <= 0:
+            return None
+        return ClickPrior(radius=cfg.click_prior_radius, value=cfg.click_prior_value)
+
     def _metadata(self, epoch: int, step_in_epoch: int, global_step: int, val: list[float] | None) -> dict:
+        prior = self.click_prior
         return {
+            **({"click_prior": prior.to_metadata()} if prior is not None else {}),
             "kind": "own",
             "source": "napari-msam train",
             "training": {
@@ -469,7 +490,8 @@ class Trainer:
                     x, y = self._batch(train, idx, rng, img_size, jitter, cfg.flips, device)
                     res = interaction_loss(model, x, y, n_clicks=cfg.clicks, rng=rng, strategy=cfg.click_strategy,
                                            dice_weight=cfg.dice_weight, bce_weight=cfg.bce_weight,
-                                           multi_click=cfg.multi_click, autocast=use_amp)
+                                           multi_click=cfg.multi_click, autocast=use_amp,
+                                           click_prior=self.click_prior)
                     (res.loss / cfg.accumulation).backward()
                     loss_val += float(res.loss.detach()) / cfg.accumulation
                 if aborted:
