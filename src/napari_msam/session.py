@@ -24,8 +24,8 @@ import torch
 from scipy import ndimage
 
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
-from .model.click_prior import ClickPrior
 from .io import check_volume_array
+from .model.click_prior import ClickPrior
 from .preprocess import (
     MODALITIES,
     RoiGeometry,
