@@ -1,4 +1,4 @@
-"""npe2 reader: NIfTI / TIFF volumes as napari layers with their physical geometry.
+"""npe2 reader: NIfTI / TIFF / NRRD / MetaImage / DICOM volumes as napari layers with their geometry.
 
 All file logic lives in :mod:`napari_msam.io`; this module only decides Image vs Labels and turns a
 :class:`~napari_msam.io.Volume` into a layer-data tuple (spacing -> ``scale``, affine -> ``metadata``).
@@ -14,9 +14,19 @@ from typing import Any
 import numpy as np
 
 from .errors import MSAMError
-from .io import Volume, read_volume
+from .io import (
+    DICOM_SUFFIXES,
+    READ_SUFFIXES,
+    DicomSeries,
+    Volume,
+    can_read,
+    is_dicom_file,
+    list_dicom_series,
+    read_volume,
+)
 
-_SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif")
+# longest first, so a stem drops the whole double suffix (".nii.gz")
+_SUFFIXES = tuple(sorted(READ_SUFFIXES, key=len, reverse=True))
 # "mask", "label(s)" anywhere; "seg" / "segs" / "segm(entation)" (not "segundo"); "gt", "gtv", "roi" as words.
 _LABEL_NAME = re.compile(
     r"(mask|label|seg(?:$|[_\-. 0-9]|m|s(?:$|[_\-. 0-9]))|(?:^|[_\-. ])(?:gt|gtv|roi)(?:[_\-. 0-9]|$))",
@@ -35,16 +45,33 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _supported(path: str) -> bool:
-    return isinstance(path, str | Path) and str(path).lower().endswith(_SUFFIXES)
+def _supported(path: str | Path) -> bool:
+    """Cheap: a known suffix, a DICOM file, or a folder holding DICOM files (no pixel data read)."""
+    if not isinstance(path, str | Path):
+        return False
+    try:
+        return can_read(path)
+    except Exception:  # e.g. permission problems: not ours rather than a crash in napari's reader lookup
+        return False
+
+
+def _is_dicom_path(path: Path) -> bool:
+    """A DICOM folder or a DICOM file (by suffix or, for suffix-less files, by its preamble)."""
+    if path.is_dir():
+        return True
+    name = path.name.lower()
+    if name.endswith(DICOM_SUFFIXES):
+        return True
+    return not name.endswith(READ_SUFFIXES) and is_dicom_file(path)
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Return :func:`read_layers` when every path is a NIfTI/TIFF file, else ``None`` (not ours)."""
+    """Return :func:`read_layers` when every path is a volume we read, else ``None`` (not ours).
+
+    Folders are claimed only when they hold DICOM files, so other plugins can open other folders.
+    """
     paths = path if isinstance(path, list) else [path]
     if not paths or not all(_supported(p) for p in paths):
-        return None
-    if any(Path(p).is_dir() for p in paths):
         return None
     return read_layers
 
@@ -117,7 +144,7 @@ def volume_to_layer_data(vol: Volume, name: str, as_label: bool | None = None) -
         if data.dtype.kind == "f" or data.dtype == bool:
             data = data.astype(np.uint16 if data.size and data.max() > 255 else np.uint8)
         return (data, kwargs, "labels")
-    meta["modality"] = guess_modality(name, vol.data)
+    meta["modality"] = vol.modality or guess_modality(name, vol.data)  # DICOM says; else guess
     data = vol.data
     if data.size:
         lo, hi = float(np.min(data)), float(np.max(data))
@@ -137,17 +164,59 @@ def _default_contrast(data: np.ndarray, modality: str, lo: float, hi: float) -> 
     return [p_lo, p_hi] if p_hi > p_lo else [lo, hi]
 
 
+def _read(p: str | Path, **kwargs: Any) -> Volume:
+    try:
+        return read_volume(p, **kwargs)
+    except MSAMError:
+        raise
+    except Exception as exc:  # keep napari's error dialog to one readable line
+        raise MSAMError(f"{p}: cannot open ({type(exc).__name__}: {exc})") from exc
+
+
+def _dicom_layers(folder: Path, files: list[Path] | None) -> list[LayerData]:
+    """One layer per DICOM series: of the whole folder (``files=None``) or of the series ``files`` belong to.
+
+    Always Image layers: a DICOM image series is an image (segmentations are separate SEG objects), even
+    when its values are few. ``files`` comes from napari's "Open Files as Stack" (a list of ``.dcm`` paths):
+    each series they belong to is read once, not once per file.
+    """
+    if files is None:
+        return [volume_to_layer_data(_read(folder), folder.name, as_label=False)]
+    if len(files) == 1:
+        return [volume_to_layer_data(_read(files[0]), folder.name, as_label=False)]
+    series = list_dicom_series(folder)
+    owner = {f.resolve(): s for s in series for f in s.files}
+    chosen: dict[str, DicomSeries] = {}
+    for f in files:
+        s = owner.get(f.resolve())
+        if s is None:
+            raise MSAMError(f"{f}: not an image of any DICOM series in {folder}")
+        chosen.setdefault(s.uid, s)
+    layers = []
+    for s in chosen.values():
+        name = folder.name if len(chosen) == 1 else f"{folder.name} {s.description or s.uid[-8:]}"
+        layers.append(volume_to_layer_data(_read(folder, series=s.uid), name, as_label=False))
+    return layers
+
+
 def read_layers(path: str | list[str]) -> list[LayerData]:
-    """Read every path into one layer; a file that cannot be read raises a readable ``MSAMError``."""
-    paths = path if isinstance(path, list) else [path]
+    """Read every path into one layer (a DICOM series once however many of its files are given).
+
+    A file that cannot be read raises a readable ``MSAMError``.
+    """
+    paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
     layers: list[LayerData] = []
+    dicom_files: dict[Path, list[Path]] = {}  # parent folder -> selected files, in first-seen order
     for p in paths:
+        if _is_dicom_path(p):
+            if p.is_dir():
+                layers.extend(_dicom_layers(p, None))
+            else:
+                dicom_files.setdefault(p.parent, []).append(p)
+            continue
         is_label = name_looks_like_label(p)
-        try:
-            vol = read_volume(p, is_label=is_label)
-        except MSAMError:
-            raise
-        except Exception as exc:  # keep napari's error dialog to one readable line
-            raise MSAMError(f"{p}: cannot open ({type(exc).__name__}: {exc})") from exc
-        layers.append(volume_to_layer_data(vol, _stem(Path(p)), as_label=True if is_label else None))
+        vol = _read(p, is_label=is_label)
+        layers.append(volume_to_layer_data(vol, _stem(p), as_label=True if is_label else None))
+    for folder, files in dicom_files.items():
+        layers.extend(_dicom_layers(folder, files))
     return layers

@@ -35,6 +35,14 @@ def _parse_point(text: str) -> tuple[tuple[int, int, int], bool]:
     return ijk, positive  # type: ignore[return-value]
 
 
+def _parse_series(text: str) -> str | int:
+    """A bare number is an index into the folder's series; anything else (``1.2.840...``) is a UID."""
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("expected a SeriesInstanceUID or a series index")
+    return int(text) if text.isdigit() else text
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="model weights (.safetensors of napari-msam, or a SAM-Med3D / M-SAM .pth); "
@@ -52,11 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment one object from clicks, write the mask",
                          description="Clicks are voxel indices of the image array as nibabel loads it "
                                      "(the file's own axis order), applied in order as refinement clicks.")
-    seg.add_argument("image", type=Path)
+    seg.add_argument("image", type=Path, help="NIfTI, TIFF, NRRD, MetaImage, or a DICOM folder / file")
     seg.add_argument("-o", "--output", type=Path, required=True, help="mask file (.nii.gz, .nii or .tif)")
     seg.add_argument("--point", action="append", type=_parse_point, required=True, metavar="I,J,K[,+|-]",
                      help="a click (repeatable); + positive (default), - negative")
     seg.add_argument("--channel", type=int, default=None, help="channel of a 4-D image")
+    seg.add_argument("--series", type=_parse_series, default=None, metavar="UID_OR_INDEX",
+                     help="DICOM folder with several series: the SeriesInstanceUID or the index "
+                          "(0 = lowest series number)")
     seg.add_argument("--multi-click", action="store_true", help="feed all clicks at every step")
     _add_model_args(seg)
 
@@ -113,7 +124,7 @@ def cmd_segment(args) -> int:
 
     from .io import read_volume, write_mask
 
-    vol = read_volume(args.image, channel=args.channel)
+    vol = read_volume(args.image, channel=args.channel, series=args.series)
     clicks = [(vol.original_index_to_array(ijk), pos) for ijk, pos in args.point]
     if not clicks[0][1]:
         raise CLIError("the first --point must be positive (it defines the object)")
