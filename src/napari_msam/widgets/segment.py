@@ -47,61 +47,40 @@ from .jobs import (
     job_reset,
     job_undo,
 )
+from .labels_policy import (
+    CT_PRESETS,
+    POLICIES,
+    ObjectWrites,
+    compose_labels,
+    next_free_id,
+    timing_text,
+    window_to_limits,
+)
+from .prompts import (
+    NEGATIVE_COLOR,
+    POSITIVE_COLOR,
+    PROMPTS_NAME,
+    SHORTCUTS,
+    Prompts,
+    bind_layer_keys,
+    bind_viewer_keys,
+    layer_token,
+    unbind_viewer_keys,
+)
 from .workers import InferenceWorker, JobResult
 
 log = logging.getLogger(__name__)
 
-PROMPTS_NAME = "M-SAM prompts"
 OUTPUT_NAME = "M-SAM labels"
 NEW_OUTPUT = f"<new: {OUTPUT_NAME}>"
 DEFAULT_MODEL = "Embedded default model"
 FILE_MODEL = "Checkpoint file…"
-POSITIVE_COLOR = "lime"
-NEGATIVE_COLOR = "red"
 
-POLICIES = {
-    "keep existing": "Never overwrite voxels that hold another label (default). Voxels of the current "
-                     "label inside the model's box follow the model.",
-    "only empty": "Only fill voxels that hold no label; never erase anything.",
-    "overwrite": "The model's mask wins over any existing label inside its box.",
-}
-
-# name -> (window width, level) in HU
-CT_PRESETS: dict[str, tuple[float, float]] = {
-    "soft tissue (W400 L40)": (400.0, 40.0),
-    "lung (W1500 L-600)": (1500.0, -600.0),
-    "bone (W1800 L400)": (1800.0, 400.0),
-    "brain (W80 L40)": (80.0, 40.0),
-}
-
-SHORTCUTS = {"t": "toggle positive / negative", "u": "undo last click", "r": "reset object",
-             "n": "accept object, next label id"}
-
-
-def compose_labels(under: np.ndarray, mask: np.ndarray, label_id: int, policy: str) -> np.ndarray:
-    """New label values for a box, given what lies under the current object (``under``) and its mask.
-
-    ``under`` is the layer content without the current object's own writes. Pure numpy, so the policy
-    rules are testable without Qt.
-    """
-    k = under.dtype.type(label_id)
-    mask = np.asarray(mask, dtype=bool)
-    if policy == "overwrite":
-        out = np.where(mask, k, under)
-        out[(under == k) & ~mask] = 0
-    elif policy == "keep existing":
-        writable = (under == 0) | (under == k)
-        out = np.where(mask & writable, k, under)
-        out[(under == k) & ~mask] = 0
-    elif policy == "only empty":
-        out = np.where(mask & (under == 0), k, under)
-    else:
-        raise MSAMError(f"unknown overwrite policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    return out.astype(under.dtype, copy=False)
-
-
-def window_to_limits(width: float, level: float) -> tuple[float, float]:
-    return (level - width / 2.0, level + width / 2.0)
+__all__ = [
+    "CT_PRESETS", "DEFAULT_MODEL", "FILE_MODEL", "NEGATIVE_COLOR", "NEW_OUTPUT", "OUTPUT_NAME", "POLICIES",
+    "POSITIVE_COLOR", "PROMPTS_NAME", "SHORTCUTS", "ObjectUpdate", "SegmentWidget", "compose_labels",
+    "window_to_limits",
+]
 
 
 # ----------------------------------------------------------------------------- the widget
@@ -133,17 +112,14 @@ class SegmentWidget(QWidget):
         self._progress_handlers: dict[int, Any] = {}
         self._submitted_spec: SessionSpec | None = None
         self._image_cache: tuple[int, np.ndarray] | None = None
-        self._updating_points = False
         self._object_clicks: list[tuple[tuple[int, int, int], bool]] = []
-        self._written: np.ndarray | None = None      # voxels the current object changed
-        self._under: np.ndarray | None = None        # layer values under those voxels
-        self._tracked_layer: Any = None
+        self.writes = ObjectWrites()                 # what the current object wrote, for undo/reset
         self._positive = True
         self._auto_job: int | None = None
         self._closed = False
         self._device_shown = "?"
         self._last_click_seconds: float | None = None
-        self._prompts_layer: Any = None
+        self.prompts = Prompts(self.viewer, self._on_points_changed, self._bind_layer_keys)
         self._viewer_keys: list[str] = []
         self._build_ui()
         if model_path:
@@ -350,8 +326,7 @@ class SegmentWidget(QWidget):
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._closed:
             return
-        if self._prompts_layer is not None and self._prompts_layer not in self.viewer.layers:
-            self._prompts_layer = None
+        if self.prompts.forget_if_removed():
             self._object_clicks = []
         self.refresh_layers()
 
@@ -439,35 +414,7 @@ class SegmentWidget(QWidget):
 
     def prompts_layer(self) -> Any:
         """The "M-SAM prompts" Points layer with the image's transform (made when missing)."""
-        from napari.layers import Points
-
-        image = self.image_layer()
-        layer = self._prompts_layer
-        if layer is None or layer not in self.viewer.layers:
-            if PROMPTS_NAME in self.viewer.layers and isinstance(self.viewer.layers[PROMPTS_NAME], Points):
-                layer = self.viewer.layers[PROMPTS_NAME]
-                if layer.ndim != 3:
-                    raise MSAMError(f"the layer {PROMPTS_NAME!r} is not 3-D; rename or delete it")
-            else:
-                layer = Points(
-                    np.zeros((0, 3)), ndim=3, name=PROMPTS_NAME, scale=image.scale, translate=image.translate,
-                    rotate=image.rotate, shear=image.shear, size=3, border_color="white", border_width=0.15,
-                    face_color=POSITIVE_COLOR if self._positive else NEGATIVE_COLOR,
-                    features={"positive": np.zeros(0, dtype=bool)},
-                    feature_defaults={"positive": self._positive},
-                )
-                self._updating_points = True
-                try:
-                    self.viewer.layers.append(layer)
-                finally:
-                    self._updating_points = False
-            layer.events.data.connect(self._on_points_changed)
-            self._bind_layer_keys(layer)
-            self._prompts_layer = layer
-            self._apply_polarity_to_layer()
-        elif self.viewer.layers.index(layer) != len(self.viewer.layers) - 1:
-            self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
-        return layer
+        return self.prompts.ensure(self.image_layer(), self._positive)
 
     # ------------------------------------------------------------------ key bindings
     def _key_actions(self) -> dict[str, Any]:
@@ -475,19 +422,10 @@ class SegmentWidget(QWidget):
                 "r": lambda *_: self.reset_object(), "n": lambda *_: self.accept_object()}
 
     def _bind_layer_keys(self, layer: Any) -> None:
-        for key, fn in self._key_actions().items():
-            try:
-                layer.bind_key(key, fn, overwrite=True)
-            except Exception:  # key binding is a convenience; buttons always work
-                log.debug("could not bind %s on %s", key, layer.name)
+        bind_layer_keys(layer, self._key_actions())
 
     def _bind_viewer_keys(self) -> None:
-        for key, fn in self._key_actions().items():
-            try:
-                self.viewer.bind_key(key, fn, overwrite=False)
-                self._viewer_keys.append(key)
-            except Exception:
-                log.debug("viewer key %s already taken", key)
+        self._viewer_keys.extend(bind_viewer_keys(self.viewer, self._key_actions()))
 
     # ------------------------------------------------------------------ polarity
     @friendly
@@ -506,16 +444,7 @@ class SegmentWidget(QWidget):
             self.polarity_btn.setStyleSheet("QPushButton { color: #ff5555; font-weight: bold; }")
 
     def _apply_polarity_to_layer(self) -> None:
-        layer = self._prompts_layer
-        if layer is None:
-            return
-        self._updating_points = True
-        try:
-            layer.selected_data = set()   # so the new colour does not repaint selected points
-            layer.feature_defaults = {"positive": self._positive}
-            layer.current_face_color = POSITIVE_COLOR if self._positive else NEGATIVE_COLOR
-        finally:
-            self._updating_points = False
+        self.prompts.apply_polarity(self._positive)
 
     # ------------------------------------------------------------------ choices changed
     @friendly
@@ -550,12 +479,7 @@ class SegmentWidget(QWidget):
             layer = self.prompts_layer()
         except MSAMError:
             return
-        for attr in ("scale", "translate", "rotate", "shear"):
-            try:
-                if not np.allclose(np.asarray(getattr(layer, attr)), np.asarray(getattr(image, attr))):
-                    setattr(layer, attr, getattr(image, attr))
-            except (ValueError, TypeError):
-                pass
+        self.prompts.match_transform(image)
         self.viewer.layers.selection.active = layer
         try:
             layer.mode = "add"
@@ -589,7 +513,7 @@ class SegmentWidget(QWidget):
 
     @friendly
     def _on_output_changed(self, *_: Any) -> None:
-        if self._written is not None and self._tracked_layer is not None:
+        if self.writes.written is not None and self.writes.layer is not None:
             # the object stays where it was written; start a new one in the new layer
             self._drop_object_tracking(clear_points=True)
         name = self.output_combo.currentText()
@@ -709,7 +633,7 @@ class SegmentWidget(QWidget):
         data = self._image_array(image)
         modality = self.modality_combo.currentText().lower()
         spacing = tuple(float(s) for s in image.scale)
-        spec = SessionSpec(source, self.device, (_layer_token(image), id(data), data.shape, modality, spacing))
+        spec = SessionSpec(source, self.device, (layer_token(image), id(data), data.shape, modality, spacing))
         if spec != self._submitted_spec:
             self._submitted_spec = spec
             self.submit("set up image", job_ensure, spec, source, data, spacing, modality,
@@ -732,10 +656,10 @@ class SegmentWidget(QWidget):
     # ------------------------------------------------------------------ points -> clicks
     @friendly
     def _on_points_changed(self, event: Any) -> None:
-        if self._updating_points or self._closed:
+        if self.prompts.updating or self._closed:
             return
         action = str(getattr(event, "action", "changed"))
-        layer = self._prompts_layer
+        layer = self.prompts.layer
         if layer is None:
             return
         if action.endswith("adding") or action.endswith("removing") or action.endswith("changing"):
@@ -756,17 +680,10 @@ class SegmentWidget(QWidget):
             self._replay_from_layer()
 
     def _point_voxel(self, layer: Any, i: int) -> tuple[int, int, int] | None:
-        image = self.image_layer()
-        world = layer.data_to_world(layer.data[i])
-        data = np.asarray(image.world_to_data(world), dtype=float)[-3:]
-        vox = tuple(int(np.round(v)) for v in data)
-        shape = image.data.shape
-        if not all(0 <= v < n for v, n in zip(vox, shape, strict=True)):
-            return None
-        return (vox[0], vox[1], vox[2])
+        return self.prompts.point_voxel(self.image_layer(), i)
 
     def _handle_new_point(self, i: int) -> None:
-        layer = self._prompts_layer
+        layer = self.prompts.layer
         try:
             vox = self._point_voxel(layer, i)
             if vox is None:
@@ -779,7 +696,7 @@ class SegmentWidget(QWidget):
             self._remove_points([i])
             self.error(str(exc))
             return
-        positive = bool(layer.features["positive"].iloc[i]) if "positive" in layer.features else self._positive
+        positive = self.prompts.polarity(i, self._positive)
         self._object_clicks.append((vox, positive))
         self._start_tracking()
         n = len(self._object_clicks)
@@ -790,11 +707,10 @@ class SegmentWidget(QWidget):
         """Programmatic click (scripts, tests): adds the point to the prompts layer like a user would."""
         image = self.image_layer()
         layer = self.prompts_layer()
-        world = image.data_to_world(np.asarray(voxel, dtype=float))
-        data = layer.world_to_data(world)
+        data = self.prompts.voxel_to_data(image, voxel)
         if positive != self._positive:
             self.set_polarity(positive)
-        layer.add(np.asarray(data, dtype=float)[-3:])
+        layer.add(data)
 
     def _show_queue_status(self) -> None:
         pending = self.worker.pending
@@ -802,38 +718,16 @@ class SegmentWidget(QWidget):
         self.show_message(f"click {len(self._object_clicks)}: computing…{more}")
 
     def _remove_points(self, indices: list[int]) -> None:
-        layer = self._prompts_layer
-        if layer is None:
-            return
-        self._updating_points = True
-        try:
-            keep = np.ones(len(layer.data), dtype=bool)
-            keep[[i for i in indices if 0 <= i < len(keep)]] = False
-            _set_points(layer, layer.data[keep], layer.features["positive"].to_numpy()[keep],
-                        self._positive)
-        finally:
-            self._updating_points = False
+        self.prompts.remove(indices, self._positive)
 
     def _sync_points_from_clicks(self) -> None:
         """Make the prompts layer show exactly the current object's clicks."""
         image = self.image_layer()
-        layer = self.prompts_layer()
-        self._updating_points = True
-        try:
-            if self._object_clicks:
-                vox = np.asarray([c[0] for c in self._object_clicks], dtype=float)
-                world = np.asarray([image.data_to_world(v) for v in vox])
-                data = np.asarray([layer.world_to_data(w) for w in world])[:, -3:]
-                pos = np.asarray([c[1] for c in self._object_clicks], dtype=bool)
-            else:
-                data, pos = np.zeros((0, 3)), np.zeros(0, dtype=bool)
-            _set_points(layer, data, pos, self._positive)
-        finally:
-            self._updating_points = False
-        self._apply_polarity_to_layer()
+        self.prompts_layer()
+        self.prompts.show_clicks(image, self._object_clicks, self._positive)
 
     def _replay_from_layer(self) -> None:
-        layer = self._prompts_layer
+        layer = self.prompts.layer
         clicks: list[tuple[tuple[int, int, int], bool]] = []
         bad: list[int] = []
         try:
@@ -862,73 +756,40 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ results -> labels
     def _start_tracking(self) -> None:
-        layer = self.output_layer()
-        if self._tracked_layer is not layer or self._written is None or self._written.shape != layer.data.shape:
-            self._tracked_layer = layer
-            self._written = np.zeros(layer.data.shape, dtype=bool)
-            self._under = np.zeros(layer.data.shape, dtype=layer.data.dtype)
+        self.writes.start(self.output_layer())
 
     def _layer_valid(self) -> bool:
-        layer = self._tracked_layer
-        return (layer is not None and layer in self.viewer.layers and self._written is not None
-                and tuple(layer.data.shape) == self._written.shape)
+        return self.writes.valid(self.viewer.layers)
 
     def apply_update(self, update: ObjectUpdate) -> None:
         """Write the object's new state into the output layer inside its box, respecting the policy."""
         if not self._layer_valid():
             self.error("the output Labels layer changed or was removed; the result was not written")
             return
-        layer = self._tracked_layer
-        data = layer.data
         if update.replace_all:
-            self._restore_object(refresh=False)
+            self.writes.restore(refresh=False)
         if update.bbox is not None and update.mask is not None:
-            bb = tuple(update.bbox)
-            cur = np.asarray(data[bb])
-            wrote = self._written[bb]
-            under = np.where(wrote, self._under[bb], cur)
-            new = compose_labels(under, update.mask, int(self.label_spin.value()),
-                                 self.policy_combo.currentText())
-            changed = new != under
-            data[bb] = new
-            self._under[bb] = np.where(changed, under, self._under[bb])
-            self._written[bb] = changed
-        layer.refresh()
+            self.writes.write(update.bbox, update.mask, int(self.label_spin.value()),
+                              self.policy_combo.currentText())
+        self.writes.layer.refresh()
 
     def _restore_object(self, refresh: bool = True) -> None:
         """Put back what was under the current object (undo all its writes)."""
-        if not self._layer_valid():
-            return
-        data = self._tracked_layer.data
-        w = self._written
-        if w.any():
-            data[w] = self._under[w]
-            w[:] = False
-        if refresh:
-            self._tracked_layer.refresh()
+        if self._layer_valid():
+            self.writes.restore(refresh)
 
     def _commit_tracking(self) -> None:
-        self._written = None
-        self._under = None
-        self._tracked_layer = None
+        self.writes.commit()
 
     def _drop_object_tracking(self, clear_points: bool) -> None:
         """The image/model changed: the object stays in the layer as it is, its clicks are forgotten."""
         self._commit_tracking()
         self._object_clicks = []
-        if clear_points and self._prompts_layer is not None and self._prompts_layer in self.viewer.layers:
-            self._updating_points = True
-            try:
-                _set_points(self._prompts_layer, np.zeros((0, 3)), np.zeros(0, dtype=bool), self._positive)
-            finally:
-                self._updating_points = False
+        layer = self.prompts.layer
+        if clear_points and layer is not None and layer in self.viewer.layers:
+            self.prompts.set(np.zeros((0, 3)), np.zeros(0, dtype=bool), self._positive)
         if self._submitted_spec is not None and not self._closed:
             self.submit("reset", job_reset)
-
-    def _timing_text(self, timings: dict[str, float], seconds: float) -> str:
-        total = timings.get("total", seconds)
-        parts = [f"{k} {v:.2f}" for k, v in timings.items() if k in ("encode", "refine", "paste") and v >= 0.005]
-        return f"{total:.2f} s" + (f" ({', '.join(parts)})" if parts else "")
 
     def _on_click_done(self, result: JobResult, n: int) -> None:
         if result.error:
@@ -939,9 +800,9 @@ class SegmentWidget(QWidget):
         upd: ObjectUpdate = result.value
         self.apply_update(upd)
         self._last_click_seconds = result.seconds
-        vox = int(self._written.sum()) if self._written is not None else 0
+        vox = self.writes.voxels
         q = f" · {result.pending} queued" if result.pending else ""
-        self.show_message(f"click {n}: {self._timing_text(upd.timings, result.seconds)} · "
+        self.show_message(f"click {n}: {timing_text(upd.timings, result.seconds)} · "
                           f"{vox} voxels · {self._device_shown}{q}")
 
     def _on_replay_done(self, result: JobResult) -> None:
@@ -979,7 +840,7 @@ class SegmentWidget(QWidget):
         if self.busy_auto:
             self.worker.cancel(self._auto_job)
         self._object_clicks = []
-        if self._prompts_layer is not None:
+        if self.prompts.layer is not None:
             self._sync_points_from_clicks()
         self._restore_object()
         self.submit("reset", job_reset)
@@ -990,12 +851,12 @@ class SegmentWidget(QWidget):
         if self.busy_auto:
             self.error("the automatic run is still going; wait or cancel it first")
             return
-        if self._written is None or not self._layer_valid() or not (
-                self._tracked_layer.data == self.label_spin.value()).any():
+        if self.writes.written is None or not self._layer_valid() or not (
+                self.writes.layer.data == self.label_spin.value()).any():
             self.show_message("nothing to accept yet: click on the object first")
             return
         accepted = int(self.label_spin.value())
-        layer = self._tracked_layer
+        layer = self.writes.layer
         self._commit_tracking()
         self._object_clicks = []
         self._sync_points_from_clicks()
@@ -1004,9 +865,7 @@ class SegmentWidget(QWidget):
         self.show_message(f"object {accepted} accepted; next label id {self.label_spin.value()}")
 
     def _set_next_free_id(self, layer: Any) -> None:
-        data = np.asarray(layer.data)
-        nxt = int(data.max()) + 1 if data.size else 1
-        self.label_spin.setValue(max(1, nxt))
+        self.label_spin.setValue(next_free_id(layer.data))
         try:
             layer.selected_label = self.label_spin.value()
         except Exception:
@@ -1042,37 +901,11 @@ class SegmentWidget(QWidget):
         self._closed = True
         self.worker.close(timeout)
         self._disconnect_viewer()
-        if self._prompts_layer is not None:
-            try:
-                self._prompts_layer.events.data.disconnect(self._on_points_changed)
-            except Exception:
-                pass
-        for key in self._viewer_keys:
-            try:
-                self.viewer.bind_key(key, None)
-            except Exception:
-                pass
+        self.prompts.disconnect()
+        unbind_viewer_keys(self.viewer, self._viewer_keys)
         self._viewer_keys = []
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.close_worker()
         super().closeEvent(event)
-
-
-def _layer_token(layer: Any) -> Any:
-    """A stable identity for a layer (ids of deleted layers can be reused)."""
-    return getattr(layer, "unique_id", None) or id(layer)
-
-
-def _set_points(layer: Any, data: np.ndarray, positive: np.ndarray, default: bool) -> None:
-    """Replace the points (and their polarity); new points keep getting ``default`` polarity."""
-    colors = np.asarray([[0.0, 1.0, 0.0, 1.0] if p else [1.0, 0.0, 0.0, 1.0] for p in positive]).reshape(-1, 4)
-    layer.selected_data = set()
-    layer.data = np.asarray(data, dtype=float).reshape(-1, 3)
-    layer.features = {"positive": np.asarray(positive, dtype=bool)}
-    if len(data):
-        layer.face_color = colors
-    layer.feature_defaults = {"positive": bool(default)}   # assigning features resets the defaults
-    layer.current_face_color = POSITIVE_COLOR if default else NEGATIVE_COLOR
-
 
