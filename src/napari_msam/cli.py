@@ -87,13 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
 
     tr = sub.add_parser("train", help="train a model (see napari_msam.training)")
-    try:
-        from .training.cli import add_train_arguments
-    except ImportError:
-        tr.set_defaults(_train_missing=True)
-        tr.add_argument("rest", nargs=argparse.REMAINDER)
-    else:
-        add_train_arguments(tr)
+    from .training.cli import add_train_arguments
+
+    add_train_arguments(tr)
     return parser
 
 
@@ -168,8 +164,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    if getattr(args, "_train_missing", False):
-        raise CLIError("training is not available in this installation (napari_msam.training.cli is missing)")
     from .training.cli import run_train
 
     result = run_train(args)
@@ -185,14 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .errors import MSAMError
+    from .model import CheckpointError
 
-    known: tuple[type[BaseException], ...] = (CLIError, MSAMError, OSError)
-    try:
-        from .model import CheckpointError
-
-        known = known + (CheckpointError,)
-    except ImportError:
-        pass
+    known: tuple[type[BaseException], ...] = (CLIError, MSAMError, OSError, CheckpointError)
     try:
         handler = {"segment": cmd_segment, "evaluate": cmd_evaluate, "train": cmd_train}[args.command]
         return handler(args)

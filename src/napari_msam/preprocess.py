@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
+from .model.config import AXIS_ORDERS
 
 NORMALIZATIONS = ("zscore_positive", "zscore", "zscore_roi", "none")
-AXIS_ORDERS = ("SPL", "RAS")
 MODALITIES = ("ct", "mr", "other")
 
 

@@ -85,17 +85,21 @@ class MSAMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MSAMConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown MSAMConfig fields: {unknown}")
-        d = dict(d)
+        d = _known_fields(cls, d)
         if "global_attn_indexes" in d:
             d["global_attn_indexes"] = tuple(d["global_attn_indexes"])
         return cls(**d)
 
     def replace(self, **changes: Any) -> MSAMConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``d`` after checking it names only fields of the dataclass ``cls`` (saved metadata)."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    return dict(d)
 
 
 NORMALIZATIONS = ("zscore_positive", "zscore", "none")
@@ -136,11 +140,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown PreprocessConfig fields: {unknown}")
-        d = dict(d)
+        d = _known_fields(cls, d)
         if "spacing_mm" in d:
             d["spacing_mm"] = tuple(d["spacing_mm"])
         if d.get("ct_window") is not None:

@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LoopResult", "soft_dice_loss", "interaction_loss", "simulate_click"]
+from napari_msam.clicks import next_click
+from napari_msam.metrics import dice
+
+__all__ = ["LoopResult", "soft_dice_loss", "interaction_loss"]
 
 
 @dataclass
@@ -33,35 +36,6 @@ def soft_dice_loss(logits: Tensor, target: Tensor, squared: bool = True, eps: fl
     inter = (p * g).sum(1)
     den = (p * p).sum(1) + (g * g).sum(1) if squared else p.sum(1) + g.sum(1)
     return (1.0 - (2.0 * inter + eps) / (den + eps)).mean()
-
-
-def _hard_dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    try:
-        from napari_msam.metrics import dice
-    except ImportError:
-        s = pred.sum() + gt.sum()
-        return float(2.0 * np.logical_and(pred, gt).sum() / s) if s else 1.0
-    return float(dice(pred, gt))
-
-
-def _fallback_next_click(gt, pred, rng, strategy="random", spacing=(1, 1, 1)):
-    """Private stand-in for clicks.next_click: uniform random voxel of FN ∪ FP (label = in FN)."""
-    fn = gt & ~pred
-    fp = pred & ~gt
-    err = np.argwhere(fn | fp)
-    if len(err) == 0:
-        return None
-    v = tuple(int(x) for x in err[rng.integers(len(err))])
-    return v, bool(fn[v])
-
-
-def simulate_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator, strategy: str = "random"):
-    """``clicks.next_click`` (the shared simulator) with a private fallback while it does not exist."""
-    try:
-        from napari_msam.clicks import next_click
-    except ImportError:
-        next_click = _fallback_next_click
-    return next_click(gt, pred, rng, strategy=strategy)
 
 
 def interaction_loss(
@@ -102,7 +76,7 @@ def interaction_loss(
     logits = None
     for _k in range(n_clicks):
         for i in range(b):
-            c = simulate_click(gt_np[i], pred[i], rng, strategy)
+            c = next_click(gt_np[i], pred[i], rng, strategy=strategy)
             if c is None:  # perfect prediction: repeat the last click (the reference would crash)
                 c = (pts[i][-1], bool(lbl[i][-1])) if pts[i] else (tuple(int(x) for x in np.argwhere(gt_np[i])[0]), True)
             pts[i].append(tuple(int(x) for x in c[0]))
@@ -131,7 +105,7 @@ def interaction_loss(
                 loss_k = loss_k + bce_weight * F.binary_cross_entropy_with_logits(logits, gts_f)
             total = total + loss_k
         pred = logits[:, 0].detach().cpu().numpy() > 0
-        dices.append([_hard_dice(pred[i], gt_np[i]) for i in range(b)])
+        dices.append([float(dice(pred[i], gt_np[i])) for i in range(b)])
     return LoopResult(total, dices, logits.detach() if logits is not None else None)
 
 
