@@ -113,3 +113,16 @@ def test_loop_reference_semantics():
     assert g and any(float(t.abs().sum()) > 0 for t in g)
     perfect = torch.full_like(y, 20.0) * (2 * y - 1)
     assert float(soft_dice_loss(perfect, y)) < 1e-3
+
+
+def test_fine_tuning_inherits_the_click_prior_unless_overridden(tmp_path):
+    """A checkpoint trained with a click prior is fine-tuned with the same prior, not silently without it."""
+    parent = Trainer(_blob_cfg(tmp_path / "p", epochs=1, steps_per_epoch=1, click_prior_radius=2.0,
+                               click_prior_value=6.0)).fit()
+    ckpt = str(parent.last_path)
+    assert load_checkpoint(ckpt).metadata["click_prior"] == {"radius": 2.0, "value": 6.0}
+    child = Trainer(_blob_cfg(tmp_path / "c", epochs=1, steps_per_epoch=1, init_checkpoint=ckpt)).fit()
+    assert load_checkpoint(str(child.last_path)).metadata["click_prior"] == {"radius": 2.0, "value": 6.0}
+    off = Trainer(_blob_cfg(tmp_path / "o", epochs=1, steps_per_epoch=1, init_checkpoint=ckpt,
+                            click_prior_radius=0.0)).fit()
+    assert "click_prior" not in load_checkpoint(str(off.last_path)).metadata

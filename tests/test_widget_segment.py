@@ -134,6 +134,22 @@ def test_undo_reset_accept(make_widget, qtbot):
     assert ("accept",) in BallSession.instances[-1].calls
 
 
+def test_changing_the_id_mid_object_relabels_it(make_widget, qtbot):
+    viewer, w = make_widget()
+    a, b = (5, 10, 10), (14, 30, 26)
+    _click(w, a)
+    _idle(qtbot, w)
+    out = viewer.layers[OUTPUT_NAME]
+    w.label_spin.setValue(9)
+    assert (out.data[_ball(out.data.shape, a)] == 9).all() and not (out.data == 1).any()
+    _click(w, b)
+    _idle(qtbot, w)
+    np.testing.assert_array_equal(out.data == 9, _ball(out.data.shape, a) | _ball(out.data.shape, b))
+    w.reset_object()
+    _idle(qtbot, w)
+    assert not out.data.any()
+
+
 def test_existing_labels_survive_default_policy(make_widget, qtbot):
     viewer, w = make_widget()
     img = viewer.layers["blob MR"]

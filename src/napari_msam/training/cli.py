@@ -63,7 +63,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--no-flips", action="store_true")
     parser.add_argument("--click-prior", type=float, nargs=2, default=None, metavar=("RADIUS", "VALUE"),
                         help="paint every click into the mask input as a ball of RADIUS low-res voxels set to "
-                             "+/-VALUE logits (see model/click_prior.py); stored in the checkpoint")
+                             "+/-VALUE logits (see model/click_prior.py); stored in the checkpoint. Default: the "
+                             "--init checkpoint's prior (none from scratch); '0 0' turns it off")
     parser.add_argument("--click-centre-prob", type=float, default=0.5,
                         help="share of training crops centred on a random tumour voxel, as the Session centres "
                              "its ROI on the first click (the rest centre on the tumour's bounding box)")
@@ -92,8 +93,8 @@ def config_from_args(args: argparse.Namespace):
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, clicks=args.clicks, val_clicks=args.val_clicks,
         click_strategy=args.click_strategy, multi_click=args.multi_click, dice_weight=args.dice_weight,
         bce_weight=args.bce_weight, jitter=args.jitter, flips=not args.no_flips, click_centre_prob=args.click_centre_prob,
-        click_prior_radius=args.click_prior[0] if args.click_prior else 0.0,
-        click_prior_value=args.click_prior[1] if args.click_prior else 4.0, val_every=args.val_every,
+        click_prior_radius=args.click_prior[0] if args.click_prior else None,
+        click_prior_value=args.click_prior[1] if args.click_prior else None, val_every=args.val_every,
         seed=args.seed, device=args.device, num_threads=args.threads, amp=not args.no_amp,
         time_limit_s=args.time_limit * 60.0 if args.time_limit else None, resume=args.resume,
         cache=not args.no_cache,

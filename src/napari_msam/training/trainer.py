@@ -76,8 +76,9 @@ class TrainConfig:
     bce_weight: float = 0.5
     jitter: int | None = None  # crop-centre jitter in voxels; None = img_size // 8
     flips: bool = True
-    click_prior_radius: float = 0.0  # > 0: paint clicks into the mask input (model.click_prior); 0 = reference
-    click_prior_value: float = 4.0
+    # > 0: paint clicks into the mask input (model.click_prior); 0 = reference; None = what --init had
+    click_prior_radius: float | None = None
+    click_prior_value: float | None = None
     click_centre_prob: float = 0.5  # share of training crops centred on a random tumour voxel (as inference)
     min_fg: int = 10
     val_every: int = 1
@@ -211,6 +212,7 @@ class Trainer:
             loaded = load_checkpoint(cfg.init_checkpoint, device="cpu", as_msam=want_adapter)
             model, preprocess = loaded.model, loaded.preprocess
             from_scratch = False
+            self._inherit_click_prior(loaded.metadata)
         else:
             try:
                 mcfg = get_config(cfg.model_config)
@@ -352,15 +354,28 @@ class Trainer:
             return None
         return [s / count for s in tot[:n_clicks]], tot[n_clicks] / count
 
+    def _inherit_click_prior(self, metadata) -> None:
+        """Fine-tuning keeps the init checkpoint's click prior unless one was given: dropping it silently
+        would train a model that no longer matches how the Session feeds clicks to its parent."""
+        from napari_msam.model.click_prior import ClickPrior
+
+        cfg = self.config
+        prior = ClickPrior.from_metadata(metadata)
+        if cfg.click_prior_radius is None and prior is not None:
+            cfg.click_prior_radius = prior.radius
+            if cfg.click_prior_value is None:
+                cfg.click_prior_value = prior.value
+
     @property
     def click_prior(self):
         """The click prior this run trains with (None: the reference's mask input)."""
         from napari_msam.model.click_prior import ClickPrior
 
         cfg = self.config
-        if cfg.click_prior_radius <= 0:
+        if not cfg.click_prior_radius or cfg.click_prior_radius <= 0:
             return None
-        return ClickPrior(radius=cfg.click_prior_radius, value=cfg.click_prior_value)
+        value = 4.0 if cfg.click_prior_value is None else cfg.click_prior_value
+        return ClickPrior(radius=cfg.click_prior_radius, value=value)
 
     def _metadata(self, epoch: int, step_in_epoch: int, global_step: int, val: list[float] | None) -> dict:
         prior = self.click_prior

@@ -72,55 +72,96 @@ class ObjectWrites:
     """Which voxels the current object changed and what lay under them.
 
     Why: undo, reset and a replayed object must put back exactly what was there before, and the
-    policy must judge a new mask against the layer *without* the object's own earlier writes.
+    policy must judge a new mask against the layer *without* the object's own earlier writes. The
+    record covers only the bounding box of the object's writes (grown as it grows), so a tumour in a
+    512 x 512 x 300 CT costs megabytes, not two copies of the volume.
     """
 
     def __init__(self) -> None:
         self.layer: Any = None
-        self.written: np.ndarray | None = None   # voxels the current object changed
-        self.under: np.ndarray | None = None     # layer values under those voxels
+        self.shape: tuple[int, ...] | None = None
+        self.box: tuple[slice, ...] | None = None  # the region ``written`` / ``under`` cover
+        self.written: np.ndarray | None = None     # voxels the current object changed (inside ``box``)
+        self.under: np.ndarray | None = None       # layer values under those voxels
+        self.label_id: int | None = None           # the id the object's voxels carry now
+
+    @property
+    def active(self) -> bool:
+        """True while an object is being tracked (between ``start`` and ``commit``)."""
+        return self.layer is not None
 
     def start(self, layer: Any) -> None:
-        """Track ``layer`` (fresh masks when the layer or its shape changed; otherwise keep going)."""
-        if self.layer is not layer or self.written is None or self.written.shape != layer.data.shape:
+        """Track ``layer`` (a fresh record when the layer or its shape changed; otherwise keep going)."""
+        if self.layer is not layer or self.shape != tuple(layer.data.shape):
             self.layer = layer
-            self.written = np.zeros(layer.data.shape, dtype=bool)
-            self.under = np.zeros(layer.data.shape, dtype=layer.data.dtype)
+            self.shape = tuple(layer.data.shape)
+            self.box = self.written = self.under = None
+            self.label_id = None
 
     def valid(self, layers: Any) -> bool:
         """True while the tracked layer is still in ``layers`` with the shape it had."""
         layer = self.layer
-        return (layer is not None and layer in layers and self.written is not None
-                and tuple(layer.data.shape) == self.written.shape)
+        return layer is not None and layer in layers and tuple(layer.data.shape) == self.shape
+
+    def _grow(self, bb: tuple[slice, ...]) -> tuple[slice, ...]:
+        """Make the record cover ``bb``; returns ``bb`` relative to the record's box."""
+        old = self.box
+        new = bb if old is None else tuple(
+            slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(old, bb, strict=True))
+        if new != old:
+            shape = tuple(s.stop - s.start for s in new)
+            written = np.zeros(shape, dtype=bool)
+            under = np.zeros(shape, dtype=self.layer.data.dtype)
+            if old is not None:
+                rel = tuple(slice(a.start - n.start, a.stop - n.start) for a, n in zip(old, new, strict=True))
+                written[rel] = self.written
+                under[rel] = self.under
+            self.box, self.written, self.under = new, written, under
+        return tuple(slice(a.start - n.start, a.stop - n.start) for a, n in zip(bb, self.box, strict=True))
+
+    def relabel(self, label_id: int) -> None:
+        """The label id changed mid-object: the object's earlier voxels take the new id too."""
+        if self.box is None or self.label_id is None or label_id == self.label_id:
+            return
+        data = self.layer.data
+        region = np.array(data[self.box])
+        sel = self.written & (region == self.label_id)
+        if sel.any():
+            region[sel] = label_id
+            data[self.box] = region
+        self.label_id = int(label_id)
 
     def write(self, bbox: Any, mask: np.ndarray, label_id: int, policy: str) -> None:
         """Compose ``mask`` into the layer inside ``bbox`` and remember what changed."""
         data = self.layer.data
-        bb = tuple(bbox)
+        bb = tuple(slice(*sl.indices(n)[:2]) for sl, n in zip(tuple(bbox), self.shape, strict=True))
+        self.relabel(label_id)
+        loc = self._grow(bb)
         cur = np.asarray(data[bb])
-        wrote = self.written[bb]
-        under = np.where(wrote, self.under[bb], cur)
+        wrote = self.written[loc]
+        under = np.where(wrote, self.under[loc], cur)
         new = compose_labels(under, mask, label_id, policy)
         changed = new != under
         data[bb] = new
-        self.under[bb] = np.where(changed, under, self.under[bb])
-        self.written[bb] = changed
+        self.under[loc] = np.where(changed, under, self.under[loc])
+        self.written[loc] = changed
+        self.label_id = int(label_id)
 
     def restore(self, refresh: bool = True) -> None:
         """Put back what was under the object (undo all its writes)."""
-        data = self.layer.data
-        w = self.written
-        if w.any():
-            data[w] = self.under[w]
-            w[:] = False
-        if refresh:
+        if self.written is not None and self.written.any():
+            data = self.layer.data
+            region = np.array(data[self.box])
+            region[self.written] = self.under[self.written]
+            data[self.box] = region
+            self.written[:] = False
+        if refresh and self.layer is not None:
             self.layer.refresh()
 
     def commit(self) -> None:
         """Keep what is written and stop tracking (the object is accepted or abandoned as is)."""
-        self.written = None
-        self.under = None
-        self.layer = None
+        self.layer = self.shape = self.box = self.written = self.under = None
+        self.label_id = None
 
     @property
     def voxels(self) -> int:

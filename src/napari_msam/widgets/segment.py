@@ -261,6 +261,7 @@ class SegmentWidget(QWidget):
         self.modality_combo.currentIndexChanged.connect(self._on_modality_changed)
         self.window_combo.activated.connect(self._on_window_preset)
         self.output_combo.currentIndexChanged.connect(self._on_output_changed)
+        self.label_spin.valueChanged.connect(self._on_label_id_changed)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.model_path.editingFinished.connect(self._on_model_changed)
         self.browse_btn.clicked.connect(self._browse_model)
@@ -512,8 +513,15 @@ class SegmentWidget(QWidget):
         self.show_message(f"display window {name} (the model input is unchanged)")
 
     @friendly
+    def _on_label_id_changed(self, value: int) -> None:
+        # the object being drawn takes the new id at once (not only where the next click writes)
+        if self.writes.active and self._layer_valid():
+            self.writes.relabel(int(value))
+            self.writes.layer.refresh()
+
+    @friendly
     def _on_output_changed(self, *_: Any) -> None:
-        if self.writes.written is not None and self.writes.layer is not None:
+        if self.writes.active:
             # the object stays where it was written; start a new one in the new layer
             self._drop_object_tracking(clear_points=True)
         name = self.output_combo.currentText()
@@ -851,7 +859,7 @@ class SegmentWidget(QWidget):
         if self.busy_auto:
             self.error("the automatic run is still going; wait or cancel it first")
             return
-        if self.writes.written is None or not self._layer_valid() or not (
+        if not self.writes.active or not self._layer_valid() or not (
                 self.writes.layer.data == self.label_spin.value()).any():
             self.show_message("nothing to accept yet: click on the object first")
             return
