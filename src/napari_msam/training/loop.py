@@ -62,7 +62,8 @@ def interaction_loss(
     b = images.shape[0]
     gt_np = gts[:, 0].detach().cpu().numpy() > 0.5
     gts_f = gts.float()
-    ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if autocast else _null()
+    # bf16 autocast on the batch's device: CUDA, or a CPU with bf16 GEMMs (AVX512-BF16 / AMX)
+    ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else _null()
     with ctx:
         emb = model.encode(images)
         if hasattr(model, "prepare"):

@@ -85,7 +85,8 @@ class TrainConfig:
     seed: int = 2023
     device: str = "auto"
     num_threads: int | None = None
-    amp: bool = True  # bf16 autocast on CUDA only
+    amp: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on the CPU too (pays off with AVX512-BF16 / AMX GEMMs)
     time_limit_s: float | None = None  # stop cleanly (checkpoint written) after this much training time
     resume: bool = False
     cache: bool = True  # .npz cache of resampled cases in out_dir/cache
@@ -471,7 +472,7 @@ class Trainer:
         start_epoch, start_step, global_step, best_score = 0, 0, 0, -math.inf
         if cfg.resume:
             start_epoch, start_step, global_step, best_score = self._try_resume(model, optimizer)
-        use_amp = cfg.amp and device.startswith("cuda")
+        use_amp = (cfg.amp and device.startswith("cuda")) or (cfg.cpu_bf16 and device == "cpu")
         self._emit(TrainEvent("start", epoch=start_epoch, epochs=cfg.epochs, steps=steps, global_step=global_step,
                               message=f"{len(train)} train / {len(val)} val cases, {model.config.name} on "
                                       f"{device}, world size {info.world_size}"))
