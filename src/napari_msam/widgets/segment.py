@@ -14,24 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QApplication,
-    QComboBox,
     QFileDialog,
-    QFormLayout,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
     QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QSpinBox,
-    QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -67,14 +54,11 @@ from .prompts import (
     layer_token,
     unbind_viewer_keys,
 )
+from .segment_ui import DEFAULT_MODEL, FILE_MODEL, NEW_OUTPUT, OUTPUT_NAME, build_segment_ui
 from .workers import InferenceWorker, JobResult
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAME = "M-SAM labels"
-NEW_OUTPUT = f"<new: {OUTPUT_NAME}>"
-DEFAULT_MODEL = "Embedded default model"
-FILE_MODEL = "Checkpoint file…"
 
 __all__ = [
     "CT_PRESETS", "DEFAULT_MODEL", "FILE_MODEL", "NEGATIVE_COLOR", "NEW_OUTPUT", "OUTPUT_NAME", "POLICIES",
@@ -121,7 +105,8 @@ class SegmentWidget(QWidget):
         self._last_click_seconds: float | None = None
         self.prompts = Prompts(self.viewer, self._on_points_changed, self._bind_layer_keys)
         self._viewer_keys: list[str] = []
-        self._build_ui()
+        build_segment_ui(self)
+        self._connect_signals()
         if model_path:
             self.model_combo.setCurrentText(FILE_MODEL)
             self.model_path.setText(str(model_path))
@@ -139,122 +124,7 @@ class SegmentWidget(QWidget):
             self._on_model_changed()
 
     # ------------------------------------------------------------------ layout
-    def _build_ui(self) -> None:
-        root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
-
-        inp = QGroupBox("Image and output")
-        form = QFormLayout(inp)
-        self.image_combo = QComboBox()
-        self.image_combo.setToolTip("The 3-D image layer to segment")
-        self.modality_combo = QComboBox()
-        self.modality_combo.addItems(["CT", "MR", "other"])
-        self.modality_combo.setToolTip("Guessed from the layer name and intensities; decides the "
-                                       "normalisation the model sees (CT: HU window)")
-        self.window_combo = QComboBox()
-        self.window_combo.addItems(["(window / level)", *CT_PRESETS])
-        self.window_combo.setToolTip("CT display presets: change only the contrast limits, never what "
-                                     "the model sees")
-        mod_row = QHBoxLayout()
-        mod_row.addWidget(self.modality_combo)
-        mod_row.addWidget(self.window_combo, 1)
-        self.output_combo = QComboBox()
-        self.output_combo.setToolTip("Labels layer receiving the objects (made if missing, same shape "
-                                     "and scale as the image)")
-        self.label_spin = QSpinBox()
-        self.label_spin.setRange(1, 65535)
-        self.label_spin.setToolTip("Label id of the current object; Accept (N) moves to the next free id")
-        self.policy_combo = QComboBox()
-        for i, (name, tip) in enumerate(POLICIES.items()):
-            self.policy_combo.addItem(name)
-            self.policy_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
-        self.policy_combo.setToolTip("\n".join(f"{k}: {v}" for k, v in POLICIES.items()))
-        out_row = QHBoxLayout()
-        out_row.addWidget(self.output_combo, 1)
-        out_row.addWidget(QLabel("id"))
-        out_row.addWidget(self.label_spin)
-        form.addRow("Image", self.image_combo)
-        form.addRow("Modality", mod_row)
-        form.addRow("Output", out_row)
-        form.addRow("Existing labels", self.policy_combo)
-        root.addWidget(inp)
-
-        mdl = QGroupBox("Model")
-        mform = QFormLayout(mdl)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems([DEFAULT_MODEL, FILE_MODEL])
-        self.model_path = QLineEdit()
-        self.model_path.setPlaceholderText("M-SAM / SAM-Med3D .pth or napari-msam .safetensors")
-        self.browse_btn = QPushButton("…")
-        self.browse_btn.setMaximumWidth(30)
-        self.browse_btn.setToolTip("Choose a checkpoint file")
-        path_row = QHBoxLayout()
-        path_row.addWidget(self.model_path, 1)
-        path_row.addWidget(self.browse_btn)
-        self.path_widget = QWidget()
-        self.path_widget.setLayout(path_row)
-        path_row.setContentsMargins(0, 0, 0, 0)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(self._devices())
-        self.device_combo.setToolTip("Where the model runs")
-        self.model_info = QLabel("loading…")
-        self.model_info.setWordWrap(True)
-        self.model_info.setTextFormat(Qt.TextFormat.RichText)
-        mform.addRow("Weights", self.model_combo)
-        mform.addRow("", self.path_widget)
-        mform.addRow("Device", self.device_combo)
-        mform.addRow(self.model_info)
-        root.addWidget(mdl)
-
-        self.tabs = QTabWidget()
-        inter = QWidget()
-        grid = QGridLayout(inter)
-        self.polarity_btn = QPushButton()
-        self.polarity_btn.setCheckable(True)
-        self.polarity_btn.setToolTip("Next click is positive (green, inside the object) or negative (red, "
-                                     "outside) [T]")
-        self.undo_btn = QPushButton("Undo click [U]")
-        self.undo_btn.setToolTip("Remove the last click of the current object [U]")
-        self.reset_btn = QPushButton("Reset object [R]")
-        self.reset_btn.setToolTip("Forget all clicks of the current object and erase it [R]")
-        self.accept_btn = QPushButton("Accept → next [N]")
-        self.accept_btn.setToolTip("Keep the current object under its label id and start the next free id [N]")
-        self.clear_btn = QPushButton("Clear labels…")
-        self.clear_btn.setToolTip("Erase every label of the output layer (asks first)")
-        grid.addWidget(self.polarity_btn, 0, 0, 1, 2)
-        grid.addWidget(self.undo_btn, 1, 0)
-        grid.addWidget(self.reset_btn, 1, 1)
-        grid.addWidget(self.accept_btn, 2, 0)
-        grid.addWidget(self.clear_btn, 2, 1)
-        help_text = QLabel(
-            "Add points to <b>M-SAM prompts</b> (Points layer, add mode <b>P</b>): "
-            "<span style='color:#7CFC00'>green</span> = inside, <span style='color:#ff5555'>red</span> = outside. "
-            "<b>T</b> polarity · <b>U</b> undo · <b>R</b> reset · <b>N</b> accept"
-        )
-        help_text.setWordWrap(True)
-        grid.addWidget(help_text, 3, 0, 1, 2)
-        self.tabs.addTab(inter, "Interactive")
-
-        from .auto_click import AutoClickPanel
-
-        self.auto_panel = AutoClickPanel(self)
-        self.tabs.addTab(self.auto_panel, "Auto N-click")
-        root.addWidget(self.tabs)
-
-        status_row = QHBoxLayout()
-        self.busy = QProgressBar()
-        self.busy.setMaximumWidth(60)
-        self.busy.setMaximumHeight(12)
-        self.busy.setTextVisible(False)
-        self.busy.setRange(0, 1)
-        self.status = QLabel("ready")
-        self.status.setWordWrap(True)
-        self.status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        status_row.addWidget(self.busy)
-        status_row.addWidget(self.status, 1)
-        root.addLayout(status_row)
-        root.addStretch(1)
-
+    def _connect_signals(self) -> None:
         self._update_polarity_button()
         self.path_widget.setVisible(False)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
@@ -272,16 +142,6 @@ class SegmentWidget(QWidget):
         self.accept_btn.clicked.connect(self.accept_object)
         self.clear_btn.clicked.connect(self.clear_labels)
 
-    @staticmethod
-    def _devices() -> list[str]:
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                return [f"cuda ({torch.cuda.get_device_name(0)})", "cpu"]
-        except Exception:  # a broken CUDA install must not break the widget
-            pass
-        return ["cpu"]
 
     @property
     def device(self) -> str:
