@@ -52,22 +52,18 @@ def save_window(viewer, path: str, max_bytes: int = 500_000) -> Path:
     """Grab the whole window (canvas + dock widgets) as PNG; palette-quantised if larger than ``max_bytes``."""
     import io
 
-    from qtpy.QtCore import QBuffer, QIODevice
+    from PIL import Image
 
     from .atomic import atomic_write
 
-    qwin = viewer.window._qt_window
-    image = qwin.grab().toImage()
-    buf = QBuffer()
-    buf.open(QIODevice.OpenModeFlag.WriteOnly)
-    image.save(buf, "PNG")
-    payload = bytes(buf.data())
+    rgba = viewer.window.screenshot(canvas_only=False, flash=False)  # public API: the whole window
+    pil = Image.fromarray(rgba).convert("RGB")
+    out = io.BytesIO()
+    pil.save(out, "PNG", optimize=True)
+    payload = out.getvalue()
     if len(payload) > max_bytes:
-        from PIL import Image
-
-        pil = Image.open(io.BytesIO(payload)).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
         out = io.BytesIO()
-        pil.save(out, "PNG", optimize=True)
+        pil.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(out, "PNG", optimize=True)
         payload = out.getvalue()
     with atomic_write(path, "wb") as fh:
         fh.write(payload)
@@ -82,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer = napari.Viewer(title="napari-msam: interactive 3D tumour segmentation")
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))
-        viewer.window._qt_window.resize(w, h)
+        viewer.window.resize(w, h)
     except (ValueError, AttributeError):
         pass
     sample = "sts024_ct" if args.ct else "sts024_mr"
