@@ -109,6 +109,10 @@ class MetricPlot(QWidget):
         if all_x:
             lo, hi = min(all_x), max(all_x)
             self.axes.set_xlim(lo - 0.5, hi + 0.5 if hi > lo else lo + 1.5)
+            if all(float(x).is_integer() for x in all_x):  # clicks / epochs / steps: integer ticks only
+                from matplotlib.ticker import MaxNLocator
+
+                self.axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             if self._ylim is None:
                 ylo, yhi = min(all_y), max(all_y)
                 pad = 0.05 * (yhi - ylo) if yhi > ylo else 0.5
