@@ -375,8 +375,9 @@ class Trainer:
         cfg = self.config
         if not cfg.click_prior_radius or cfg.click_prior_radius <= 0:
             return None
-        value = 4.0 if cfg.click_prior_value is None else cfg.click_prior_value
-        return ClickPrior(radius=cfg.click_prior_radius, value=value)
+        if cfg.click_prior_value is None:  # the prior's own default value
+            return ClickPrior(radius=cfg.click_prior_radius)
+        return ClickPrior(radius=cfg.click_prior_radius, value=cfg.click_prior_value)
 
     def _metadata(self, epoch: int, step_in_epoch: int, global_step: int, val: list[float] | None) -> dict:
         prior = self.click_prior
