@@ -139,3 +139,16 @@ def test_cpu_bf16_autocast_trains_and_saves_fp32(tmp_path):
     assert losses != ref_losses and np.allclose(losses, ref_losses, rtol=0.1)
     sd = load_checkpoint(str(res.last_path)).model.state_dict()
     assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())
+
+
+def test_zoom_augmentation_is_recorded_and_inherited(tmp_path):
+    """--zoom is stored in the checkpoint (the Session reads it) and fine-tuning keeps it unless set."""
+    parent = Trainer(_blob_cfg(tmp_path / "p", epochs=1, steps_per_epoch=1, max_zoom=2.0, zoom_prob=1.0)).fit()
+    ckpt = str(parent.last_path)
+    assert load_checkpoint(ckpt).metadata["roi_zoom"] == {"max": 2.0, "prob": 1.0}
+    child = Trainer(_blob_cfg(tmp_path / "c", epochs=1, steps_per_epoch=1, init_checkpoint=ckpt)).fit()
+    assert load_checkpoint(str(child.last_path)).metadata["roi_zoom"]["max"] == 2.0
+    off = Trainer(_blob_cfg(tmp_path / "o", epochs=1, steps_per_epoch=1, init_checkpoint=ckpt, max_zoom=1.0)).fit()
+    assert "roi_zoom" not in load_checkpoint(str(off.last_path)).metadata
+    with pytest.raises(TrainingError, match="max_zoom"):
+        Trainer(_blob_cfg(tmp_path / "bad", max_zoom=0.5)).fit()

@@ -4,8 +4,9 @@ One :class:`Session` holds an image, the current object (its clicks, model windo
 accepted objects (``labels``). Each click is one refinement iteration of the model, as in M-SAM: the
 newest click plus the previous low-resolution logits. The image embedding of a ROI is computed once and
 cached. Large objects: when the mask reaches a ROI face that lies inside the volume, the ROI is re-centred
-on the mask if the mask fits, otherwise overlapping windows (50 % overlap) are added with the current
-logits as their prior.
+on the mask if the mask fits; a checkpoint trained with zoom augmentation (``model.roi_zoom``) then zooms
+out (the same grid at a coarser spacing, so the model sees the object whole); past that, overlapping
+windows (50 % overlap) are added with the current logits as their prior.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scipy import ndimage
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
 from .io import check_volume_array
 from .model.click_prior import ClickPrior
+from .model.roi_zoom import RoiZoom
 from .preprocess import (
     MODALITIES,
     RoiGeometry,
@@ -68,6 +70,7 @@ class _Step:
     windows: list[_Window]
     clicks: list[tuple[tuple[int, int, int], bool]]
     extent: Box | None = None
+    zoom: float = 1.0
     patches: list[tuple[Box, np.ndarray]] = field(default_factory=list)
 
 
@@ -132,7 +135,9 @@ class Session:
         threads: ``torch.set_num_threads`` for CPU inference.
         multi_click: feed all clicks of the object inside the ROI at each step (default: only the newest,
             as the reference).
-        auto_extend: re-centre / add windows when the mask reaches a ROI face (large objects).
+        auto_extend: re-centre / zoom out / add windows when the mask reaches a ROI face (large objects).
+        max_zoom: widest ROI as a multiple of the checkpoint's spacing; default: what the checkpoint was
+            trained with (``"roi_zoom"`` metadata; none means 1 = never zoom out).
         max_windows: cap on ROIs per object.
         return_probabilities: fill ``ClickResult.probabilities`` (sigmoid inside the box; costs a pass over
             the box on the CPU, so off by default).
@@ -146,6 +151,7 @@ class Session:
         *,
         multi_click: bool = False,
         auto_extend: bool = True,
+        max_zoom: float | None = None,
         max_windows: int = 8,
         cache_size: int = 8,
         return_probabilities: bool = False,
@@ -162,6 +168,11 @@ class Session:
         self.img_size = int(self.config.img_size)
         self.multi_click = multi_click
         self.click_prior = ClickPrior.from_metadata(getattr(loaded, "metadata", None))
+        trained = RoiZoom.from_metadata(getattr(loaded, "metadata", None))
+        if max_zoom is not None and not (math.isfinite(float(max_zoom)) and float(max_zoom) >= 1.0):
+            raise MSAMError(f"max_zoom must be >= 1, got {max_zoom}")
+        zmax = float(max_zoom) if max_zoom is not None else (trained.max if trained is not None else 1.0)
+        self.zoom_levels = RoiZoom(max=zmax).steps() if zmax > 1.0 else [1.0]
         self.auto_extend = auto_extend
         self.max_windows = max(1, int(max_windows))
         self.cache_size = max(1, int(cache_size))
@@ -204,6 +215,7 @@ class Session:
         self._reset_object()
 
     def _reset_object(self) -> None:
+        self._zoom = 1.0  # the current object's ROI spacing, as a multiple of the checkpoint's
         self._windows: list[_Window] = []
         self._clicks: list[tuple[tuple[int, int, int], bool]] = []
         self._history: list[_Step] = []
@@ -237,6 +249,11 @@ class Session:
     @property
     def n_windows(self) -> int:
         return len(self._windows)
+
+    @property
+    def zoom(self) -> float:
+        """The current object's ROI zoom (1: the checkpoint's spacing; 2: twice as coarse, twice as wide)."""
+        return self._zoom
 
     def reset(self) -> None:
         """Forget the current object (its clicks, mask and undo history)."""
@@ -415,10 +432,15 @@ class Session:
         self._mask[ob] &= ~keep
 
     # ------------------------------------------------------------------ windows
-    def _geometry(self, center: Sequence[float]) -> RoiGeometry:
+    def _model_spacing(self, zoom: float | None = None) -> tuple[float, float, float]:
+        z = self._zoom if zoom is None else zoom
+        sp = self.preprocess.spacing_mm
+        return (float(sp[0]) * z, float(sp[1]) * z, float(sp[2]) * z)
+
+    def _geometry(self, center: Sequence[float], zoom: float | None = None) -> RoiGeometry:
         vol = self._require_image()
         c = [min(max(float(center[a]), 0.0), vol.shape[a] - 1.0) for a in range(3)]
-        return roi_geometry(vol.shape, self.spacing, c, self.preprocess.spacing_mm, self.img_size,
+        return roi_geometry(vol.shape, self.spacing, c, self._model_spacing(zoom), self.img_size,
                             getattr(self.preprocess, "axis_order", "SPL"))
 
     def _distance(self, g: RoiGeometry, voxel: Sequence[float]) -> float:
@@ -464,7 +486,7 @@ class Session:
         box = self._object_box()
         if box is None:
             return False
-        fov = [self.img_size * self.preprocess.spacing_mm[a] for a in range(3)]
+        fov = [self.img_size * self._model_spacing()[a] for a in range(3)]
         extent = [(box[a].stop - box[a].start) * self.spacing[a] for a in range(3)]
         if any(extent[a] > 0.8 * fov[a] for a in range(3)):
             return False
@@ -483,6 +505,31 @@ class Session:
         self._paste(w2, step, timings)
         return True
 
+    def _try_zoom_out(self, index: int, voxel: tuple[int, int, int], label: int, step: _Step,
+                      timings: dict[str, float]) -> bool:
+        """Single-window object still cut by its ROI: look again on the next coarser zoom level, centred on
+        the mask's box, with every click of the object replayed into the new ROI (False: no level left)."""
+        wider = [z for z in self.zoom_levels if z > self._zoom + 1e-6]
+        if not wider:
+            return False
+        zoom = wider[0]
+        w = self._windows[index]
+        box = self._object_box()
+        center = w.geometry.center if box is None else [(box[a].start + box[a].stop - 1) / 2.0 for a in range(3)]
+        g2 = self._geometry(center, zoom)
+        if not g2.contains(voxel):
+            g2 = self._geometry(voxel, zoom)
+        prior = resample_logits(w.low_res, w.geometry, g2, fill=0.0)
+        w2 = _Window(geometry=g2, low_res=prior,
+                     points=tuple((g2.to_model(self._clicks[k][0]), int(self._clicks[k][1]))
+                                  for k in range(len(self._clicks) - 1) if g2.contains(self._clicks[k][0])))
+        w2 = self._refine(w2, g2.to_model(voxel), label, timings)
+        self._zoom = zoom
+        self._windows[index] = w2
+        self._clear_outside(w.geometry, g2, step)
+        self._paste(w2, step, timings)
+        return True
+
     def _extend(self, index: int, step: _Step, timings: dict[str, float]) -> None:
         """Add 50 %-overlap windows where the mask leaves a ROI; their prompt is the deepest mask voxel of
         the overlap (positive) and their prior the current logits. Existing windows keep their voxels."""
@@ -496,7 +543,7 @@ class Session:
                 c = list(g.center)
                 c[axis] += d * (self.img_size / 2) * g.step[axis]
                 g2 = self._geometry(c)
-                if any(self._distance(o.geometry, g2.center) < 0.25 * self.img_size * min(self.preprocess.spacing_mm)
+                if any(self._distance(o.geometry, g2.center) < 0.25 * self.img_size * min(self._model_spacing())
                        for o in self._windows):
                     continue
                 overlap = _intersect(g.bbox, g2.bbox)
@@ -521,7 +568,7 @@ class Session:
         t0 = time.perf_counter()
         v = self._check_voxel(voxel)
         timings = {"encode": 0.0, "refine": 0.0, "paste": 0.0}
-        step = _Step(windows=list(self._windows), clicks=list(self._clicks), extent=self._extent)
+        step = _Step(windows=list(self._windows), clicks=list(self._clicks), extent=self._extent, zoom=self._zoom)
         self._clicks.append((v, bool(positive)))
         label = 1 if positive else 0
         try:
@@ -536,9 +583,12 @@ class Session:
             single = True
             if self.auto_extend and self._touching_faces(window):
                 single = False
-                if not (len(self._windows) == 1 and self._try_recenter(index, v, label, step, timings)):
-                    self._extend(index, step, timings)
-                elif self._touching_faces(self._windows[index]):
+                if len(self._windows) == 1:
+                    self._try_recenter(index, v, label, step, timings)
+                    while (self._touching_faces(self._windows[index])
+                           and self._try_zoom_out(index, v, label, step, timings)):
+                        pass
+                if self._touching_faces(self._windows[index]):
                     self._extend(index, step, timings)
         except BaseException:
             self._restore(step)
@@ -563,6 +613,7 @@ class Session:
         self._windows = list(step.windows)
         self._clicks = list(step.clicks)
         self._extent = step.extent
+        self._zoom = step.zoom
 
     def undo(self) -> ClickResult | None:
         """Exactly restore the state before the last click (mask, logits, ROIs); None if nothing to undo."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -398,14 +399,19 @@ def prepare_cases(
     label_id: int | None = None,
     img_size: int = 64,
     max_jitter: int = 8,
+    max_zoom: float = 1.0,
     cache_dir: str | Path | None = None,
     write_cache: bool = True,
     progress=None,
 ) -> list[PreparedCase]:
-    """Validate + resample every case once; raise ONE TrainingDataError listing every problem."""
+    """Validate + resample every case once; raise ONE TrainingDataError listing every problem.
+
+    Each case keeps its tumour box plus the half-width of the widest (zoomed-out) ROI and the jitter, so a
+    crop never sees padding where the scan has tissue.
+    """
     from napari_msam.atomic import atomic_write
 
-    margin = img_size // 2 + max_jitter + 2
+    margin = math.ceil(img_size * max(1.0, float(max_zoom)) / 2) + max_jitter + 2
     out: list[PreparedCase] = []
     problems: list[str] = []
     cdir = Path(cache_dir) if cache_dir else None
@@ -480,8 +486,12 @@ def sample_crop(
     flips: bool = False,
     min_fg: int = 1,
     click_centre_prob: float = 0.0,
+    zoom: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One model input: ROI around the tumour centre (+ jitter) via ``prepare_roi``, then random flips.
+
+    ``zoom`` > 1 samples the ROI on a grid ``zoom`` x coarser than the case's (model) spacing, so the model
+    learns to see large tumours whole (``model.roi_zoom``: the Session zooms out the same way).
 
     With probability ``click_centre_prob`` the ROI is centred on a random tumour voxel instead: that is
     where the Session centres its ROI at inference (on the object's first click), so the model must also
@@ -492,13 +502,14 @@ def sample_crop(
     from napari_msam.preprocess import prepare_label_roi, prepare_roi, roi_geometry
 
     sp = tuple(float(s) for s in preprocess.spacing_mm)
+    roi_sp = tuple(s * float(zoom) for s in sp)
     order = getattr(preprocess, "axis_order", "SPL")
     shape = case.label.shape
     lab_u8 = case.label.view(np.uint8) if case.label.dtype == bool else case.label.astype(np.uint8)
 
     def geometry(centre):
         c = [min(max(int(v), 0), n - 1) for v, n in zip(centre, shape, strict=True)]
-        return roi_geometry(shape, sp, c, sp, img_size, order)
+        return roi_geometry(shape, sp, c, roi_sp, img_size, order)
 
     click_centred = click_centre_prob > 0 and rng.random() < click_centre_prob
     if click_centred:

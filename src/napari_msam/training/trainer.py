@@ -80,6 +80,9 @@ class TrainConfig:
     click_prior_radius: float | None = None
     click_prior_value: float | None = None
     click_centre_prob: float = 0.5  # share of training crops centred on a random tumour voxel (as inference)
+    # > 1: zoom augmentation up to this ROI-spacing multiple (model.roi_zoom); 1 = off; None = what --init had
+    max_zoom: float | None = None
+    zoom_prob: float = 0.5  # share of training crops drawn zoomed out
     min_fg: int = 10
     val_every: int = 1
     seed: int = 2023
@@ -214,6 +217,7 @@ class Trainer:
             model, preprocess = loaded.model, loaded.preprocess
             from_scratch = False
             self._inherit_click_prior(loaded.metadata)
+            self._inherit_zoom(loaded.metadata)
         else:
             try:
                 mcfg = get_config(cfg.model_config)
@@ -303,6 +307,7 @@ class Trainer:
             D.barrier(info)
         all_prepared = prepare_cases(train_specs + val_specs, preprocess, label_id=cfg.label_id,
                                      img_size=img_size, max_jitter=jitter, cache_dir=cache_dir,
+                                     max_zoom=self.roi_zoom.max if self.roi_zoom is not None else 1.0,
                                      write_cache=info.is_main, progress=prog)
         if info.enabled and info.is_main:
             D.barrier(info)
@@ -312,8 +317,10 @@ class Trainer:
         cfg = self.config
         imgs, gts = [], []
         for i in idx:
+            zoom = self.roi_zoom.sample(rng) if (flips and self.roi_zoom is not None) else 1.0
             im, gt = sample_crop(cases[i], img_size, rng, preprocess=self.preprocess, jitter=jitter, flips=flips,
-                                 min_fg=cfg.min_fg, click_centre_prob=cfg.click_centre_prob if flips else 0.0)
+                                 min_fg=cfg.min_fg, click_centre_prob=cfg.click_centre_prob if flips else 0.0,
+                                 zoom=zoom)
             imgs.append(im)
             gts.append(gt)
         x = torch.from_numpy(np.stack(imgs)[:, None]).to(device)
@@ -367,6 +374,24 @@ class Trainer:
             if cfg.click_prior_value is None:
                 cfg.click_prior_value = prior.value
 
+    def _inherit_zoom(self, metadata) -> None:
+        """Fine-tuning keeps the parent's zoom range unless one was given (as the click prior)."""
+        from napari_msam.model.roi_zoom import RoiZoom
+
+        zoom = RoiZoom.from_metadata(metadata)
+        if self.config.max_zoom is None and zoom is not None:
+            self.config.max_zoom = zoom.max
+
+    @property
+    def roi_zoom(self):
+        """The zoom augmentation this run trains with (None: fixed spacing)."""
+        from napari_msam.model.roi_zoom import RoiZoom
+
+        cfg = self.config
+        if cfg.max_zoom is None or cfg.max_zoom <= 1.0:
+            return None
+        return RoiZoom(max=float(cfg.max_zoom), prob=float(cfg.zoom_prob))
+
     @property
     def click_prior(self):
         """The click prior this run trains with (None: the reference's mask input)."""
@@ -383,6 +408,7 @@ class Trainer:
         prior = self.click_prior
         return {
             **({"click_prior": prior.to_metadata()} if prior is not None else {}),
+            **({"roi_zoom": self.roi_zoom.to_metadata()} if self.roi_zoom is not None else {}),
             "kind": "own",
             "source": "napari-msam train",
             "training": {
@@ -455,6 +481,10 @@ class Trainer:
         cfg = self.config
         if cfg.batch_size < 1 or cfg.accumulation < 1 or cfg.clicks < 1 or cfg.epochs < 1:
             raise TrainingError("batch_size, accumulation, clicks and epochs must all be >= 1")
+        if cfg.max_zoom is not None and not (1.0 <= cfg.max_zoom <= 8.0):
+            raise TrainingError(f"max_zoom (--zoom) must be in [1, 8], got {cfg.max_zoom}")
+        if not (0.0 <= cfg.zoom_prob <= 1.0):
+            raise TrainingError(f"zoom_prob (--zoom-prob) must be in [0, 1], got {cfg.zoom_prob}")
         device = _resolve_device(cfg.device, info)
         if cfg.num_threads:
             torch.set_num_threads(int(cfg.num_threads))
