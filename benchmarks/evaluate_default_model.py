@@ -135,6 +135,8 @@ def snapshot_checkpoint(name: str, path: Path, snap_dir: Path) -> Method:
         meta = dict(loaded.metadata or {})
         info["config"] = loaded.config.name
         info["preprocess"] = loaded.preprocess.to_dict()
+        if meta.get("roi_zoom"):
+            info["trained_zoom"] = meta["roi_zoom"].get("max")
         for k in ("step", "global_step", "epoch", "val_dice", "best_val", "kind"):
             if k in meta:
                 info[k] = meta[k]
@@ -244,7 +246,7 @@ def make_session(method: Method, args):
     loaded = _MODELS.get(method.key)
     if loaded is None:
         loaded = _MODELS[method.key] = load_checkpoint(method.checkpoint, device=args.device or "cpu")
-    return Session(loaded, device=args.device, threads=args.threads)
+    return Session(loaded, device=args.device, threads=args.threads, max_zoom=method.info.get("max_zoom"))
 
 
 def cache_path(cache_dir: Path, method: Method, case: CaseFiles, strategy: str, seed: int, n_clicks: int) -> Path:
@@ -555,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="an M-SAM checkpoint to evaluate (repeatable)")
+    p.add_argument("--max-zoom", action="append", default=[], metavar="NAME=Z",
+                   help="run checkpoint NAME with the Session's max_zoom=Z instead of what it was trained with "
+                        "(1: never zoom out); cached separately")
     p.add_argument("--no-random-walker", action="store_true", help="skip the random-walker baseline")
     p.add_argument("--data", type=Path, default=Path("/work/shared/data/sts"))
     p.add_argument("--patients", nargs="+", default=list(VAL_PATIENTS))
@@ -614,6 +619,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise EvalError(f"--checkpoint: the name {name!r} is used twice")
             seen.add(name)
             methods.append(snapshot_checkpoint(name, path, args.cache.parent / "snapshots"))
+        for spec in args.max_zoom:
+            name, _, z = spec.partition("=")
+            match = [m for m in methods if m.name == name and m.checkpoint is not None]
+            try:
+                zoom = float(z)
+            except ValueError:
+                zoom = float("nan")
+            if not match or not zoom >= 1.0:
+                raise EvalError(f"--max-zoom {spec!r}: expected NAME=Z with a --checkpoint NAME and Z >= 1")
+            match[0].key += f"-z{zoom:g}"
+            match[0].info["max_zoom"] = zoom
         if not methods:
             raise EvalError("nothing to evaluate: give --checkpoint NAME=PATH or drop --no-random-walker")
         patients = list(args.patients) + ([] if args.no_sample or SAMPLE_PATIENT in args.patients

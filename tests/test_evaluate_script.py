@@ -93,6 +93,8 @@ def test_bad_arguments(ev, setup, capsys):
     assert ev.main(["--patients", "STS_999", "--no-sample", "--data", str(root / "data"),
                     "--cache", str(root / "c2")]) == 2
     assert "STS_999" in capsys.readouterr().err
+    assert ev.main(["--checkpoint", f"m={ckpt}", "--max-zoom", "other=2", "--data", str(root / "data")]) == 2
+    assert "--max-zoom" in capsys.readouterr().err
 
 
 def test_coarse_walker_maps_back_to_full_grid(ev):
