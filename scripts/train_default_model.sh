@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Retrain the embedded default model (msam-small) from scratch on the STS CT + T1 MR cases, in the three
+# Retrain the embedded default model (msam-small) from scratch on the STS CT + T1 MR cases, in the five
 # stages the shipped weights went through (docs/model-card.md), and optionally the adapter-less ablation.
 #
 #   scripts/train_default_model.sh                 # all stages; re-run to continue after an interruption
@@ -31,6 +31,13 @@ ADAPT=(--config msam-small --clicks 5 --val-clicks 5 --lr 4e-4 --decoder-lr-fact
 # stage 3: the click prior (model/click_prior.py), 7 clicks a sample
 PRIOR=(--clicks 7 --val-clicks 7 --click-prior 1.5 4.0 --lr 3e-4 --decoder-lr-factor 1.0
        --warmup-steps 10 --milestones 25 31 --gamma 0.3 --val-every 7)
+# stage 4: 10 clicks a sample, a higher lr again (the model was under-fitted)
+LONGER=(--clicks 10 --val-clicks 7 --click-prior 1.5 4.0 --lr 5e-4 --decoder-lr-factor 1.0
+        --warmup-steps 20 --milestones 30 40 --gamma 0.3 --val-every 5 --seed 2025)
+# stage 5: zoom augmentation (model/roi_zoom.py): half the crops at up to 2x the spacing, so the Session
+# can zoom out on tumours larger than the 160 mm ROI
+ZOOM=(--zoom 2.0 --zoom-prob 0.5 --clicks 10 --val-clicks 7 --click-prior 1.5 4.0 --lr 4e-4
+      --decoder-lr-factor 1.0 --warmup-steps 20 --milestones 38 48 --gamma 0.3 --val-every 5 --seed 2026)
 
 finished() {  # finished OUT EPOCHS: the stage's state says all epochs are done
     [[ -f "$1/state.pt" ]] && "$PY" - "$1/state.pt" "$2" <<'EOF'
@@ -52,13 +59,17 @@ stage() {  # stage OUT EPOCHS ARGS...: run (or resume, or skip) one stage
 stage "$RUNS/1-base" 18 "${BASE[@]}"
 stage "$RUNS/2-adapter" 27 --init "$RUNS/1-base/last.safetensors" "${ADAPT[@]}"
 stage "$RUNS/3-prior" 35 --init "$RUNS/2-adapter/last.safetensors" "${PRIOR[@]}"
+stage "$RUNS/4-longer" 45 --init "$RUNS/3-prior/best.safetensors" "${LONGER[@]}"
+stage "$RUNS/5-zoom" 55 --init "$RUNS/4-longer/best.safetensors" "${ZOOM[@]}"
 
-if [[ -n "${ABLATION:-}" ]]; then  # same budget, no adapter: 900 + 700 steps
+if [[ -n "${ABLATION:-}" ]]; then  # same steps, no adapter: 900 + 700 + 900 + 1100
     stage "$RUNS/ablation-1" 45 "${BASE[@]}"
     stage "$RUNS/ablation-3-prior" 35 --config sam-med3d-small --init "$RUNS/ablation-1/last.safetensors" "${PRIOR[@]}"
+    stage "$RUNS/ablation-4-longer" 45 --config sam-med3d-small --init "$RUNS/ablation-3-prior/best.safetensors" "${LONGER[@]}"
+    stage "$RUNS/ablation-5-zoom" 55 --config sam-med3d-small --init "$RUNS/ablation-4-longer/best.safetensors" "${ZOOM[@]}"
 fi
 
 if [[ -n "${INSTALL:-}" ]]; then
-    install -D -m 644 "$RUNS/3-prior/best.safetensors" src/napari_msam/weights/default.safetensors
+    install -D -m 644 "$RUNS/5-zoom/best.safetensors" src/napari_msam/weights/default.safetensors
     echo "installed src/napari_msam/weights/default.safetensors"
 fi

@@ -46,6 +46,7 @@ class ObjectUpdate:
     mask: np.ndarray | None
     timings: dict[str, float]
     replace_all: bool = False   # True: forget earlier writes of this object first (undo / replay)
+    zoom: float = 1.0           # the session's ROI zoom for this object (> 1: zoomed out on a large object)
 
 
 # ----------------------------------------------------------------------------- worker-thread jobs
@@ -125,7 +126,8 @@ def _full_object(session: Any, timings: dict | None = None) -> ObjectUpdate:
 
 def job_click(ctx: JobContext, voxel: tuple[int, int, int], positive: bool) -> ObjectUpdate:
     res = _session(ctx).add_click(tuple(int(v) for v in voxel), positive=bool(positive))
-    return ObjectUpdate(tuple(res.bbox), np.asarray(res.mask, dtype=bool), dict(res.timings))
+    return ObjectUpdate(tuple(res.bbox), np.asarray(res.mask, dtype=bool), dict(res.timings),
+                        zoom=float(getattr(ctx.state.session, "zoom", 1.0)))
 
 
 def job_undo(ctx: JobContext) -> ObjectUpdate:

@@ -670,8 +670,9 @@ class SegmentWidget(QWidget):
         self._last_click_seconds = result.seconds
         vox = self.writes.voxels
         q = f" · {result.pending} queued" if result.pending else ""
+        z = f" · zoomed out {upd.zoom:g}x (large object)" if upd.zoom > 1.0 else ""
         self.show_message(f"click {n}: {timing_text(upd.timings, result.seconds)} · "
-                          f"{vox} voxels · {self._device_shown}{q}")
+                          f"{vox} voxels{z} · {self._device_shown}{q}")
 
     def _on_replay_done(self, result: JobResult) -> None:
         if result.error:
