@@ -73,6 +73,8 @@ def test_cli_errors(tmp_path, capsys, tiny_checkpoint, sts_paths):
         cli.main(["segment", str(sts_paths[0]), "-o", out, "--point", "1,2"])
     assert e.value.code == 2 and "I,J,K" in capsys.readouterr().err
     assert "not a folder" in _err(capsys, ["evaluate", str(tmp_path / "none"), "--csv", str(tmp_path / "x.csv")])
+    assert "max_zoom must be >= 1" in _err(capsys, ["segment", str(sts_paths[0]), "-o", out, "--point", "30,40,15",
+                                                    "--checkpoint", str(tiny_checkpoint), "--max-zoom", "0.5"])
 
 
 def test_evaluate_cli_msam_and_random_walker(tmp_path, capsys, tiny_checkpoint, sts_paths, monkeypatch):

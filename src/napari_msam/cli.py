@@ -51,6 +51,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'ct' applies the model's CT window; 'auto' guesses CT from Hounsfield-like values")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--max-zoom", type=float, default=None, metavar="Z",
+                   help="widest ROI for large objects, as a multiple of the model's spacing (1: never zoom "
+                        "out); default: what the checkpoint was trained with")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +115,7 @@ def _make_session(args, loaded):
     from .session import Session
 
     return Session(loaded, device=None if args.device == "auto" else args.device, threads=args.threads,
-                   multi_click=getattr(args, "multi_click", False))
+                   multi_click=getattr(args, "multi_click", False), max_zoom=getattr(args, "max_zoom", None))
 
 
 def cmd_segment(args) -> int:
