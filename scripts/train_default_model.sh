@@ -37,7 +37,7 @@ LONGER=(--clicks 10 --val-clicks 7 --click-prior 1.5 4.0 --lr 5e-4 --decoder-lr-
 # stage 5: zoom augmentation (model/roi_zoom.py): half the crops at up to 2x the spacing, so the Session
 # can zoom out on tumours larger than the 160 mm ROI
 ZOOM=(--zoom 2.0 --zoom-prob 0.5 --clicks 10 --val-clicks 7 --click-prior 1.5 4.0 --lr 4e-4
-      --decoder-lr-factor 1.0 --warmup-steps 20 --milestones 38 48 --gamma 0.3 --val-every 5 --seed 2026)
+      --decoder-lr-factor 1.0 --warmup-steps 20 --milestones 35 44 --gamma 0.3 --val-every 5 --seed 2026)
 
 finished() {  # finished OUT EPOCHS: the stage's state says all epochs are done
     [[ -f "$1/state.pt" ]] && "$PY" - "$1/state.pt" "$2" <<'EOF'
@@ -60,13 +60,13 @@ stage "$RUNS/1-base" 18 "${BASE[@]}"
 stage "$RUNS/2-adapter" 27 --init "$RUNS/1-base/last.safetensors" "${ADAPT[@]}"
 stage "$RUNS/3-prior" 35 --init "$RUNS/2-adapter/last.safetensors" "${PRIOR[@]}"
 stage "$RUNS/4-longer" 45 --init "$RUNS/3-prior/best.safetensors" "${LONGER[@]}"
-stage "$RUNS/5-zoom" 55 --init "$RUNS/4-longer/best.safetensors" "${ZOOM[@]}"
+stage "$RUNS/5-zoom" 50 --init "$RUNS/4-longer/best.safetensors" "${ZOOM[@]}"
 
-if [[ -n "${ABLATION:-}" ]]; then  # same steps, no adapter: 900 + 700 + 900 + 1100
+if [[ -n "${ABLATION:-}" ]]; then  # same steps, no adapter: 900 + 700 + 900 + 1000
     stage "$RUNS/ablation-1" 45 "${BASE[@]}"
     stage "$RUNS/ablation-3-prior" 35 --config sam-med3d-small --init "$RUNS/ablation-1/last.safetensors" "${PRIOR[@]}"
     stage "$RUNS/ablation-4-longer" 45 --config sam-med3d-small --init "$RUNS/ablation-3-prior/best.safetensors" "${LONGER[@]}"
-    stage "$RUNS/ablation-5-zoom" 55 --config sam-med3d-small --init "$RUNS/ablation-4-longer/best.safetensors" "${ZOOM[@]}"
+    stage "$RUNS/ablation-5-zoom" 50 --config sam-med3d-small --init "$RUNS/ablation-4-longer/best.safetensors" "${ZOOM[@]}"
 fi
 
 if [[ -n "${INSTALL:-}" ]]; then
