@@ -288,3 +288,20 @@ def test_plugin_menu_widget_and_no_thread_left_after_viewer_close(make_napari_vi
     viewer.close()
     QApplication.processEvents()
     qtbot.waitUntil(lambda: not worker.is_alive(), timeout=10000)
+
+
+class _ZoomedBallSession(BallSession):
+    """A session that reports its object as zoomed out (as Session.zoom does for a large tumour)."""
+
+    zoom = 2.0
+
+
+def test_status_line_says_when_a_large_object_zoomed_out(make_widget, qtbot):
+    viewer, w = make_widget(session_factory=_ZoomedBallSession)
+    _click(w, (10, 20, 18))
+    _idle(qtbot, w)
+    assert "click 1:" in w.status.text() and "zoomed out 2x" in w.status.text()
+    viewer2, w2 = make_widget()
+    _click(w2, (10, 20, 18))
+    _idle(qtbot, w2)
+    assert "click 1:" in w2.status.text() and "zoomed" not in w2.status.text()
