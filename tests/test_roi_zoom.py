@@ -93,3 +93,28 @@ def test_no_zoom_without_metadata_or_when_turned_off(threshold_loaded, make_sphe
     assert s.zoom == 1.0 and s.n_windows > 1
     with pytest.raises(MSAMError, match="max_zoom"):
         Session(threshold_loaded, device="cpu", max_zoom=0.5)
+
+
+def test_click_outside_the_roi_zooms_out_instead_of_a_second_window(threshold_loaded, make_sphere):
+    """A second click beyond the object's 16-voxel ROI: one 24-voxel ROI (zoom 1.5) holds the object and the
+    click, so no second window is stitched; undo goes back to the first ROI."""
+    threshold_loaded.metadata = {"roi_zoom": {"max": 2.0}}
+    gt = make_sphere((48, 48, 48), (20, 20, 20), 4)
+    s = Session(threshold_loaded, device="cpu")
+    s.set_image(np.where(gt, 1.0, -1.0).astype(np.float32), (1.0, 1.0, 1.0))
+    s.add_click((20, 20, 20))
+    assert s.zoom == 1.0 and s.n_windows == 1
+    first = s._windows[0].geometry
+    s.add_click((20, 20, 33), positive=False)  # outside [12, 28) on the last axis
+    assert s.zoom == 1.5 and s.n_windows == 1
+    g = s._windows[0].geometry
+    assert g.contains((20, 20, 33)) and g.contains((20, 20, 16)) and g.step == (1.5, 1.5, 1.5)
+    dice = 2 * (s.current_mask & gt).sum() / (s.current_mask.sum() + gt.sum())
+    assert dice > 0.8
+    s.undo()
+    assert s.zoom == 1.0 and s._windows[0].geometry == first
+    off = Session(threshold_loaded, device="cpu", max_zoom=1.0)
+    off.set_image(np.where(gt, 1.0, -1.0).astype(np.float32), (1.0, 1.0, 1.0))
+    off.add_click((20, 20, 20))
+    off.add_click((20, 20, 33), positive=False)
+    assert off.zoom == 1.0 and off.n_windows == 2

@@ -530,6 +530,28 @@ class Session:
         self._paste(w2, step, timings)
         return True
 
+    def _zoom_to_include(self, voxel: tuple[int, int, int]) -> tuple[int, _Window, float] | None:
+        """A click outside the object's only ROI: rather than a second window, the first wider zoom level
+        whose ROI (centred on the object's box + the click) holds both, with the old logits as the prior
+        and the object's earlier clicks replayed into it (None: no zoom level left or none holds both)."""
+        if len(self._windows) != 1 or self._windows[0].low_res is None:
+            return None
+        w = self._windows[0]
+        box = self._object_box()
+        lo = [min(voxel[a], box[a].start) if box else voxel[a] for a in range(3)]
+        hi = [max(voxel[a] + 1, box[a].stop) if box else voxel[a] + 1 for a in range(3)]
+        center = [(lo[a] + hi[a] - 1) / 2.0 for a in range(3)]
+        for zoom in (z for z in self.zoom_levels if z > self._zoom + 1e-6):
+            g2 = self._geometry(center, zoom)
+            bb = g2.bbox
+            if not all(bb[a].start <= lo[a] and hi[a] <= bb[a].stop for a in range(3)):
+                continue
+            prior = resample_logits(w.low_res, w.geometry, g2, fill=0.0)
+            points = tuple((g2.to_model(self._clicks[k][0]), int(self._clicks[k][1]))
+                           for k in range(len(self._clicks) - 1) if g2.contains(self._clicks[k][0]))
+            return 0, _Window(geometry=g2, low_res=prior, points=points), zoom
+        return None
+
     def _extend(self, index: int, step: _Step, timings: dict[str, float]) -> None:
         """Add 50 %-overlap windows where the mask leaves a ROI; their prompt is the deepest mask voxel of
         the overlap (positive) and their prior the current logits. Existing windows keep their voxels."""
@@ -573,12 +595,20 @@ class Session:
         label = 1 if positive else 0
         try:
             index, window = self._window_for(v)
+            old_geometry = None
+            if index is None and self.auto_extend:
+                wider = self._zoom_to_include(v)
+                if wider is not None:
+                    old_geometry = self._windows[0].geometry
+                    index, window, self._zoom = wider
             window = self._refine(window, window.geometry.to_model(v), label, timings)
             if index is None:
                 self._windows.append(window)
                 index = len(self._windows) - 1
             else:
                 self._windows[index] = window
+            if old_geometry is not None:
+                self._clear_outside(old_geometry, window.geometry, step)
             box, logits = self._paste(window, step, timings)
             single = True
             if self.auto_extend and self._touching_faces(window):
