@@ -479,6 +479,13 @@ class Session:
             return None
         return tuple(slice(s.start + e.start, s.stop + e.start) for s, e in zip(b, self._extent, strict=True))
 
+    def _moved(self, w: _Window, g2: RoiGeometry) -> _Window:
+        """Window ``w`` moved onto ROI ``g2`` (re-centre / zoom): its logits resampled as the prior, the
+        object's earlier clicks inside ``g2`` replayed as its points (the newest click is refined next)."""
+        prior = resample_logits(w.low_res, w.geometry, g2, fill=0.0)
+        points = tuple((g2.to_model(v), int(pos)) for v, pos in self._clicks[:-1] if g2.contains(v))
+        return _Window(geometry=g2, low_res=prior, points=points)
+
     def _try_recenter(self, index: int, voxel: tuple[int, int, int], label: int, step: _Step,
                       timings: dict[str, float]) -> bool:
         """Single-window object cut by its ROI: move the ROI onto the mask's box if that fits."""
@@ -495,11 +502,7 @@ class Session:
         shift = max(abs(g2.start[a] - w.geometry.start[a]) / w.geometry.step[a] for a in range(3))
         if shift < 2.0 or not g2.contains(voxel):
             return False
-        prior = resample_logits(w.low_res, w.geometry, g2, fill=0.0)
-        w2 = _Window(geometry=g2, low_res=prior,
-                     points=tuple((g2.to_model(self._clicks[k][0]), int(self._clicks[k][1]))
-                                  for k in range(len(self._clicks) - 1) if g2.contains(self._clicks[k][0])))
-        w2 = self._refine(w2, g2.to_model(voxel), label, timings)
+        w2 = self._refine(self._moved(w, g2), g2.to_model(voxel), label, timings)
         self._windows[index] = w2
         self._clear_outside(w.geometry, g2, step)
         self._paste(w2, step, timings)
@@ -519,11 +522,7 @@ class Session:
         g2 = self._geometry(center, zoom)
         if not g2.contains(voxel):
             g2 = self._geometry(voxel, zoom)
-        prior = resample_logits(w.low_res, w.geometry, g2, fill=0.0)
-        w2 = _Window(geometry=g2, low_res=prior,
-                     points=tuple((g2.to_model(self._clicks[k][0]), int(self._clicks[k][1]))
-                                  for k in range(len(self._clicks) - 1) if g2.contains(self._clicks[k][0])))
-        w2 = self._refine(w2, g2.to_model(voxel), label, timings)
+        w2 = self._refine(self._moved(w, g2), g2.to_model(voxel), label, timings)
         self._zoom = zoom
         self._windows[index] = w2
         self._clear_outside(w.geometry, g2, step)
@@ -546,10 +545,7 @@ class Session:
             bb = g2.bbox
             if not all(bb[a].start <= lo[a] and hi[a] <= bb[a].stop for a in range(3)):
                 continue
-            prior = resample_logits(w.low_res, w.geometry, g2, fill=0.0)
-            points = tuple((g2.to_model(self._clicks[k][0]), int(self._clicks[k][1]))
-                           for k in range(len(self._clicks) - 1) if g2.contains(self._clicks[k][0]))
-            return 0, _Window(geometry=g2, low_res=prior, points=points), zoom
+            return 0, self._moved(w, g2), zoom
         return None
 
     def _extend(self, index: int, step: _Step, timings: dict[str, float]) -> None:
