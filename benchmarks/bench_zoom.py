@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -28,25 +27,16 @@ from evaluate_default_model import case_files, load_pair  # noqa: E402
 
 
 def run(loaded, img, gt, modality: str, seed: int, max_zoom: float | None, n_clicks: int) -> dict:
-    from napari_msam.clicks import next_click
-    from napari_msam.metrics import dice
+    """One Auto-protocol run (``evaluation.run_protocol``, the widget's and the CLI's) on a fresh Session."""
+    from napari_msam.evaluation import run_protocol
     from napari_msam.session import Session
 
     s = Session(loaded, device="cpu", max_zoom=max_zoom)
     s.set_image(img.data, img.spacing, modality)
-    rng = np.random.default_rng(seed)
-    dices, secs, encode = [], [], 0.0
-    for _ in range(n_clicks):
-        c = next_click(gt, s.current_mask, rng, "random", s.spacing)
-        if c is None:
-            break
-        t0 = time.perf_counter()
-        r = s.add_click(c[0], c[1])
-        secs.append(time.perf_counter() - t0)
-        encode += r.timings["encode"]
-        dices.append(dice(s.current_mask, gt))
-    dices += [dices[-1]] * (n_clicks - len(dices))
-    return {"dice": dices, "secs": secs, "encode": encode, "windows": s.n_windows, "zoom": s.zoom}
+    res = run_protocol(s, gt, n_clicks=n_clicks, strategy="random", seed=seed)
+    return {"dice": res.dice_curve(), "secs": [r.seconds for r in res.records],
+            "encode": sum(r.timings.get("encode", 0.0) for r in res.records), "windows": s.n_windows,
+            "zoom": s.zoom}
 
 
 def main() -> int:

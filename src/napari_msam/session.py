@@ -486,6 +486,19 @@ class Session:
         points = tuple((g2.to_model(v), int(pos)) for v, pos in self._clicks[:-1] if g2.contains(v))
         return _Window(geometry=g2, low_res=prior, points=points)
 
+    def _move_window(self, index: int, g2: RoiGeometry, voxel: tuple[int, int, int], label: int, step: _Step,
+                     timings: dict[str, float]) -> None:
+        """Replace window ``index`` by one on ROI ``g2``, refine it with the click, clear what the old ROI
+        covered outside the new one and paste the result."""
+        w = self._windows[index]
+        w2 = self._refine(self._moved(w, g2), g2.to_model(voxel), label, timings)
+        self._windows[index] = w2
+        self._clear_outside(w.geometry, g2, step)
+        self._paste(w2, step, timings)
+
+    def _wider_levels(self) -> list[float]:
+        return [z for z in self.zoom_levels if z > self._zoom + 1e-6]
+
     def _try_recenter(self, index: int, voxel: tuple[int, int, int], label: int, step: _Step,
                       timings: dict[str, float]) -> bool:
         """Single-window object cut by its ROI: move the ROI onto the mask's box if that fits."""
@@ -502,34 +515,27 @@ class Session:
         shift = max(abs(g2.start[a] - w.geometry.start[a]) / w.geometry.step[a] for a in range(3))
         if shift < 2.0 or not g2.contains(voxel):
             return False
-        w2 = self._refine(self._moved(w, g2), g2.to_model(voxel), label, timings)
-        self._windows[index] = w2
-        self._clear_outside(w.geometry, g2, step)
-        self._paste(w2, step, timings)
+        self._move_window(index, g2, voxel, label, step, timings)
         return True
 
     def _try_zoom_out(self, index: int, voxel: tuple[int, int, int], label: int, step: _Step,
                       timings: dict[str, float]) -> bool:
         """Single-window object still cut by its ROI: look again on the next coarser zoom level, centred on
         the mask's box, with every click of the object replayed into the new ROI (False: no level left)."""
-        wider = [z for z in self.zoom_levels if z > self._zoom + 1e-6]
+        wider = self._wider_levels()
         if not wider:
             return False
-        zoom = wider[0]
-        w = self._windows[index]
         box = self._object_box()
-        center = w.geometry.center if box is None else [(box[a].start + box[a].stop - 1) / 2.0 for a in range(3)]
-        g2 = self._geometry(center, zoom)
+        center = (self._windows[index].geometry.center if box is None
+                  else [(box[a].start + box[a].stop - 1) / 2.0 for a in range(3)])
+        g2 = self._geometry(center, wider[0])
         if not g2.contains(voxel):
-            g2 = self._geometry(voxel, zoom)
-        w2 = self._refine(self._moved(w, g2), g2.to_model(voxel), label, timings)
-        self._zoom = zoom
-        self._windows[index] = w2
-        self._clear_outside(w.geometry, g2, step)
-        self._paste(w2, step, timings)
+            g2 = self._geometry(voxel, wider[0])
+        self._move_window(index, g2, voxel, label, step, timings)
+        self._zoom = wider[0]
         return True
 
-    def _zoom_to_include(self, voxel: tuple[int, int, int]) -> tuple[int, _Window, float] | None:
+    def _zoom_to_include(self, voxel: tuple[int, int, int]) -> tuple[_Window, float] | None:
         """A click outside the object's only ROI: rather than a second window, the first wider zoom level
         whose ROI (centred on the object's box + the click) holds both, with the old logits as the prior
         and the object's earlier clicks replayed into it (None: no zoom level left or none holds both)."""
@@ -540,12 +546,12 @@ class Session:
         lo = [min(voxel[a], box[a].start) if box else voxel[a] for a in range(3)]
         hi = [max(voxel[a] + 1, box[a].stop) if box else voxel[a] + 1 for a in range(3)]
         center = [(lo[a] + hi[a] - 1) / 2.0 for a in range(3)]
-        for zoom in (z for z in self.zoom_levels if z > self._zoom + 1e-6):
+        for zoom in self._wider_levels():
             g2 = self._geometry(center, zoom)
             bb = g2.bbox
             if not all(bb[a].start <= lo[a] and hi[a] <= bb[a].stop for a in range(3)):
                 continue
-            return 0, self._moved(w, g2), zoom
+            return self._moved(w, g2), zoom
         return None
 
     def _extend(self, index: int, step: _Step, timings: dict[str, float]) -> None:
@@ -596,7 +602,8 @@ class Session:
                 wider = self._zoom_to_include(v)
                 if wider is not None:
                     old_geometry = self._windows[0].geometry
-                    index, window, self._zoom = wider
+                    index = 0
+                    window, self._zoom = wider
             window = self._refine(window, window.geometry.to_model(v), label, timings)
             if index is None:
                 self._windows.append(window)
