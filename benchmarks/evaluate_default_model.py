@@ -246,7 +246,8 @@ def make_session(method: Method, args):
     loaded = _MODELS.get(method.key)
     if loaded is None:
         loaded = _MODELS[method.key] = load_checkpoint(method.checkpoint, device=args.device or "cpu")
-    return Session(loaded, device=args.device, threads=args.threads, max_zoom=method.info.get("max_zoom"))
+    return Session(loaded, device=args.device, threads=args.threads, max_zoom=method.info.get("max_zoom"),
+                   tta=int(method.info.get("tta", 1)))
 
 
 def cache_path(cache_dir: Path, method: Method, case: CaseFiles, strategy: str, seed: int, n_clicks: int) -> Path:
@@ -560,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-zoom", action="append", default=[], metavar="NAME=Z",
                    help="run checkpoint NAME with the Session's max_zoom=Z instead of what it was trained with "
                         "(1: never zoom out); cached separately")
+    p.add_argument("--tta", action="append", default=[], metavar="NAME=K",
+                   help="run checkpoint NAME with K test-time flip views (Session tta=K, 1-4); cached separately")
     p.add_argument("--no-random-walker", action="store_true", help="skip the random-walker baseline")
     p.add_argument("--data", type=Path, default=Path("/work/shared/data/sts"))
     p.add_argument("--patients", nargs="+", default=list(VAL_PATIENTS))
@@ -630,6 +633,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise EvalError(f"--max-zoom {spec!r}: expected NAME=Z with a --checkpoint NAME and Z >= 1")
             match[0].key += f"-z{zoom:g}"
             match[0].info["max_zoom"] = zoom
+        for spec in args.tta:
+            name, _, k = spec.partition("=")
+            match = [m for m in methods if m.name == name and m.checkpoint is not None]
+            if not match or not k.isdigit() or not 1 <= int(k) <= 4:
+                raise EvalError(f"--tta {spec!r}: expected NAME=K with a --checkpoint NAME and K in 1-4")
+            if int(k) > 1:
+                match[0].key += f"-tta{int(k)}"
+                match[0].info["tta"] = int(k)
         if not methods:
             raise EvalError("nothing to evaluate: give --checkpoint NAME=PATH or drop --no-random-walker")
         patients = list(args.patients) + ([] if args.no_sample or SAMPLE_PATIENT in args.patients

@@ -49,6 +49,19 @@ def test_segment_orientation_round_trip(tmp_path, threshold_loaded, monkeypatch,
     np.testing.assert_allclose(m.affine, LPS)
 
 
+def test_segment_with_test_time_flips(tmp_path, threshold_loaded, monkeypatch, make_sphere):
+    """--tta 4 encodes four mirrored views; the flip-equivariant stand-in gives the same mask."""
+    ball = make_sphere((20, 22, 18), (8, 12, 10), 4)
+    p = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(ball, 1.0, -1.0).astype(np.float32), np.eye(4)), str(p))
+    monkeypatch.setattr(cli, "_load_model", lambda args: threshold_loaded)
+    before = threshold_loaded.model.encode_calls
+    rc = cli.main(["segment", str(p), "-o", str(tmp_path / "m.nii.gz"), "--point", "8,12,10", "--device", "cpu",
+                   "--tta", "4"])
+    assert rc == 0 and threshold_loaded.model.encode_calls - before == 4
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(tmp_path / "m.nii.gz")).dataobj) > 0, ball)
+
+
 def _err(capsys, argv):
     rc = cli.main(argv)
     err = capsys.readouterr().err

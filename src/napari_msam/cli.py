@@ -54,6 +54,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-zoom", type=float, default=None, metavar="Z",
                    help="widest ROI for large objects, as a multiple of the model's spacing (1: never zoom "
                         "out); default: what the checkpoint was trained with")
+    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 3, 4), metavar="K",
+                   help="test-time flips: average K mirrored views of each ROI (1: off; K x slower; "
+                        "see docs/evaluation.md for what it buys)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +118,8 @@ def _make_session(args, loaded):
     from .session import Session
 
     return Session(loaded, device=None if args.device == "auto" else args.device, threads=args.threads,
-                   multi_click=getattr(args, "multi_click", False), max_zoom=getattr(args, "max_zoom", None))
+                   multi_click=getattr(args, "multi_click", False), max_zoom=getattr(args, "max_zoom", None),
+                   tta=getattr(args, "tta", 1))
 
 
 def cmd_segment(args) -> int:

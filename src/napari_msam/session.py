@@ -60,6 +60,7 @@ class _Window:
     geometry: RoiGeometry
     low_res: torch.Tensor | None = None
     points: tuple[tuple[tuple[int, int, int], int], ...] = ()  # model-grid points fed so far (+ label)
+    views: tuple[torch.Tensor, ...] | None = None  # tta > 1: each view's own logits (low_res is their mean)
 
 
 @dataclass
@@ -114,6 +115,24 @@ def _box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(sl)
 
 
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))  # test-time views: spatial axes flipped
+
+
+def _flip(t: torch.Tensor | None, axes: tuple[int, ...]) -> torch.Tensor | None:
+    """``t`` (B, C, D, H, W) flipped along spatial ``axes``; flipping twice is the identity."""
+    return t if t is None or not axes else torch.flip(t, [2 + a for a in axes])
+
+
+def _flip_points(points: torch.Tensor, axes: tuple[int, ...], size: int) -> torch.Tensor:
+    """(B, N, 3) voxel indices of an S^3 ROI, mirrored along ``axes`` as ``_flip`` mirrors the image."""
+    if not axes:
+        return points
+    out = points.clone()
+    for a in axes:
+        out[..., a] = size - 1 - out[..., a]
+    return out
+
+
 def pick_device(device: str | None = None) -> str:
     """"cuda" when available unless a device is given; asking for an absent GPU is a clear error."""
     if device is None or device == "auto":
@@ -141,6 +160,9 @@ class Session:
         max_windows: cap on ROIs per object.
         return_probabilities: fill ``ClickResult.probabilities`` (sigmoid inside the box; costs a pass over
             the box on the CPU, so off by default).
+        tta: test-time flips, 1 (off) to 4: the ROI is also encoded flipped along w, then h, then d, each
+            click refined in every view and the logits averaged (the model was trained with random flips).
+            Costs ``tta`` x the encoder and refine time.
     """
 
     def __init__(
@@ -155,6 +177,7 @@ class Session:
         max_windows: int = 8,
         cache_size: int = 8,
         return_probabilities: bool = False,
+        tta: int = 1,
     ) -> None:
         if threads is not None:
             if int(threads) < 1:
@@ -173,6 +196,9 @@ class Session:
             raise MSAMError(f"max_zoom must be >= 1, got {max_zoom}")
         zmax = float(max_zoom) if max_zoom is not None else (trained.max if trained is not None else 1.0)
         self.zoom_levels = RoiZoom(max=zmax).steps() if zmax > 1.0 else [1.0]
+        if isinstance(tta, bool) or int(tta) != tta or not 1 <= int(tta) <= len(TTA_FLIPS):
+            raise MSAMError(f"tta must be an integer from 1 to {len(TTA_FLIPS)}, got {tta!r}")
+        self.tta = int(tta)
         self.auto_extend = auto_extend
         self.max_windows = max(1, int(max_windows))
         self.cache_size = max(1, int(cache_size))
@@ -305,7 +331,7 @@ class Session:
         self.fell_back_to_cpu = True
         self.device = "cpu"
         self.model = self.model.to("cpu")
-        self._cache = OrderedDict((k, v.to("cpu") if hasattr(v, "to") else v) for k, v in self._cache.items())
+        self._cache = OrderedDict((k, tuple(p.to("cpu") for p in v)) for k, v in self._cache.items())
         self._windows = [dataclasses.replace(w, low_res=None if w.low_res is None else w.low_res.cpu())
                          for w in self._windows]
         for step in self._history:
@@ -335,8 +361,9 @@ class Session:
                 self._volume, self.spacing, geometry.center, self.preprocess, self.img_size,
                 self.modality, self.device, geometry=geometry,
             )
-            with torch.inference_mode():
-                prepared = self.model.prepare(self.model.encode(roi.image))
+            with torch.inference_mode():  # one prepared embedding per TTA view
+                prepared = tuple(self.model.prepare(self.model.encode(_flip(roi.image, f)))
+                                 for f in TTA_FLIPS[: self.tta])
             self._sync()
             return prepared
 
@@ -356,21 +383,28 @@ class Session:
         def run():
             pts = torch.tensor([[p for p, _ in points]], dtype=torch.int64, device=self.device)
             lab = torch.tensor([[lb for _, lb in points]], dtype=torch.int64, device=self.device)
-            prev = None if window.low_res is None else window.low_res.to(self.device)
-            if self.click_prior is not None:  # all of the object's clicks in this ROI, as in training
-                every = window.points + ((point, label),)
-                prev = self.click_prior.apply(
-                    prev, torch.tensor([[p for p, _ in every]], dtype=torch.int64, device=self.device),
-                    torch.tensor([[lb for _, lb in every]], dtype=torch.int64, device=self.device),
-                    self.img_size, 4 * (self.img_size // self.config.patch_size))
-            with torch.inference_mode():
-                low = self.model.refine(prepared, pts, lab, prev)
+            # each TTA view continues its own chain of logits (a shared, averaged prior derails the loop)
+            priors = window.views if window.views is not None else (window.low_res,) * self.tta
+            every = window.points + ((point, label),)
+            lows = []
+            for f, view, prior in zip(TTA_FLIPS[: self.tta], prepared, priors, strict=True):
+                prev = None if prior is None else prior.to(self.device)
+                if self.click_prior is not None:  # all of the object's clicks in this ROI, as in training
+                    prev = self.click_prior.apply(
+                        prev, torch.tensor([[p for p, _ in every]], dtype=torch.int64, device=self.device),
+                        torch.tensor([[lb for _, lb in every]], dtype=torch.int64, device=self.device),
+                        self.img_size, 4 * (self.img_size // self.config.patch_size))
+                with torch.inference_mode():
+                    lows.append(_flip(self.model.refine(view, _flip_points(pts, f, self.img_size), lab,
+                                                        _flip(prev, f)), f))
             self._sync()
-            return low
+            return lows
 
-        low = self._guarded(run)
+        lows = self._guarded(run)
         timings["refine"] += time.perf_counter() - t0
-        return dataclasses.replace(window, low_res=low, points=window.points + ((point, label),))
+        low = lows[0] if len(lows) == 1 else torch.stack(lows).mean(0)
+        return dataclasses.replace(window, low_res=low, views=None if len(lows) == 1 else tuple(lows),
+                                   points=window.points + ((point, label),))
 
     # ------------------------------------------------------------------ pasting
     def _paste(self, window: _Window, step: _Step, timings: dict[str, float], *,
