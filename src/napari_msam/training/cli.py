@@ -74,6 +74,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "stored in the checkpoint. Default: the --init checkpoint's (none from scratch); "
                              "1 turns it off")
     parser.add_argument("--zoom-prob", type=float, default=0.5, help="share of zoomed-out crops (with --zoom)")
+    parser.add_argument("--intensity-aug", type=float, default=0.0, metavar="P",
+                        help="share of training crops with random contrast, brightness and noise (0: off)")
     parser.add_argument("--seed", type=int, default=2023)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -102,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, clicks=args.clicks, val_clicks=args.val_clicks,
         click_strategy=args.click_strategy, multi_click=args.multi_click, dice_weight=args.dice_weight,
         bce_weight=args.bce_weight, jitter=args.jitter, flips=not args.no_flips, click_centre_prob=args.click_centre_prob,
-        max_zoom=args.zoom, zoom_prob=args.zoom_prob,
+        max_zoom=args.zoom, zoom_prob=args.zoom_prob, intensity_prob=args.intensity_aug,
         click_prior_radius=args.click_prior[0] if args.click_prior else None,
         click_prior_value=args.click_prior[1] if args.click_prior else None, val_every=args.val_every,
         seed=args.seed, device=args.device, num_threads=args.threads, amp=not args.no_amp, cpu_bf16=args.cpu_bf16,
