@@ -70,6 +70,8 @@ if [[ -n "${ABLATION:-}" ]]; then  # same steps, no adapter: 900 + 700 + 900 + 1
 fi
 
 if [[ -n "${INSTALL:-}" ]]; then
-    install -D -m 644 "$RUNS/5-zoom/best.safetensors" src/napari_msam/weights/default.safetensors
+    # the last checkpoint, not best.safetensors: on the Auto protocol the stage's end beat its validation
+    # pick at click 10 in all four settings (docs/model-card.md, "Which checkpoint")
+    install -D -m 644 "$RUNS/5-zoom/last.safetensors" src/napari_msam/weights/default.safetensors
     echo "installed src/napari_msam/weights/default.safetensors"
 fi
