@@ -74,6 +74,23 @@ def test_real_model_click_writes_labels(make_widget, qtbot):
     assert "click 1:" in w.status.text() and " s" in w.status.text()
 
 
+def test_flip_views_setting_reaches_the_session(make_widget, qtbot):
+    viewer, w = make_widget(session_factory=None)
+    w.tta_spin.setValue(3)
+    _idle(qtbot, w, 60000)
+    viewer.layers[PROMPTS_NAME].add(np.array([10.0, 20.0, 18.0]))
+    _idle(qtbot, w, 60000)
+    session = w.worker.state.session
+    assert session.tta == 3 and len(session._windows[0].views) == 3
+    assert session.clicks == [((10, 20, 18), True)]
+    np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
+    w.tta_spin.setValue(1)  # a new session on the next setup, like a device change
+    _idle(qtbot, w, 60000)
+    viewer.layers[PROMPTS_NAME].add(np.array([12.0, 20.0, 18.0]))
+    _idle(qtbot, w, 60000)
+    assert w.worker.state.session is not session and w.worker.state.session.tta == 1
+
+
 def test_world_to_voxel_uses_the_image_transform(make_widget, qtbot):
     viewer, w = make_widget(translate=(4.0, -3.0, 2.0))
     prompts = viewer.layers[PROMPTS_NAME]

@@ -36,6 +36,7 @@ class SessionSpec:
     model_key: tuple
     device: str
     image_key: tuple
+    tta: int = 1  # Session(tta=): mirrored views averaged per click
 
 
 @dataclass
@@ -97,13 +98,15 @@ def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndar
         st.loaded = _load_model(source)
         st.model_key = spec.model_key
         info["summary"] = _model_summary(st.loaded)
-    if st.session is None or st.extra.get("device") != spec.device:
+    if st.session is None or st.extra.get("device") != spec.device or st.extra.get("tta", 1) != spec.tta:
         if session_factory is None:
             from ..session import Session
 
             session_factory = Session
-        st.session = session_factory(st.loaded, device=None if spec.device == "auto" else spec.device)
+        extra = {"tta": spec.tta} if spec.tta != 1 else {}  # stand-in sessions need not know the option
+        st.session = session_factory(st.loaded, device=None if spec.device == "auto" else spec.device, **extra)
         st.extra["device"] = spec.device
+        st.extra["tta"] = spec.tta
         st.image_key = None
     if image is not None and st.image_key != spec.image_key:
         st.session.set_image(image, spacing=spacing, modality=modality)

@@ -136,6 +136,7 @@ class SegmentWidget(QWidget):
         self.model_path.editingFinished.connect(self._on_model_changed)
         self.browse_btn.clicked.connect(self._browse_model)
         self.device_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.tta_spin.valueChanged.connect(self._on_model_changed)
         self.polarity_btn.clicked.connect(lambda: self.set_polarity(not self._positive))
         self.undo_btn.clicked.connect(self.undo)
         self.reset_btn.clicked.connect(self.reset_object)
@@ -146,6 +147,11 @@ class SegmentWidget(QWidget):
     @property
     def device(self) -> str:
         return self.device_combo.currentText().split(" ")[0]
+
+    @property
+    def tta(self) -> int:
+        """Mirrored views per click (the Session's ``tta``)."""
+        return int(self.tta_spin.value())
 
     # ------------------------------------------------------------------ messages
     def show_message(self, text: str, level: str = "info") -> None:
@@ -400,7 +406,7 @@ class SegmentWidget(QWidget):
         self.model_info.setText("loading…")
         self._model_requested = True
         self._drop_object_tracking(clear_points=True)
-        spec = SessionSpec(source, self.device, ("none",))
+        spec = SessionSpec(source, self.device, ("none",), self.tta)
         self._submitted_spec = None
         self.submit("load model", job_ensure, spec, source, None, (1.0, 1.0, 1.0), "other",
                     self._session_factory, on_done=self._on_model_loaded)
@@ -501,7 +507,8 @@ class SegmentWidget(QWidget):
         data = self._image_array(image)
         modality = self.modality_combo.currentText().lower()
         spacing = tuple(float(s) for s in image.scale)
-        spec = SessionSpec(source, self.device, (layer_token(image), id(data), data.shape, modality, spacing))
+        spec = SessionSpec(source, self.device, (layer_token(image), id(data), data.shape, modality, spacing),
+                           self.tta)
         if spec != self._submitted_spec:
             self._submitted_spec = spec
             self.submit("set up image", job_ensure, spec, source, data, spacing, modality,
