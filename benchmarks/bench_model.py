@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--padded-repeats", type=int, default=2)
     ap.add_argument("--skip-padded", action="store_true")
     ap.add_argument("--small-only", action="store_true")
+    ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                    help="all: the CPU, then CUDA when present")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -121,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.device != "all":
+        if args.device == "cuda" and not torch.cuda.is_available():
+            ap.error("--device cuda: CUDA is not available")
+        devices = [args.device]
     if torch.cuda.is_available():
         results["cuda_device"] = torch.cuda.get_device_name(0)
     for device in devices:
