@@ -28,7 +28,7 @@ def test_prior_is_differentiable_through_the_kept_logits():
     out = ClickPrior(1.0, 3.0).apply(low, torch.tensor([[[4, 4, 4]]]), torch.tensor([[1]]), 32, 8)
     out.sum().backward()
     assert low.grad[0, 0, 7, 7, 7] == 1.0  # kept voxels pass the gradient on
-    assert low.grad[0, 0, 1, 1, 1] == 0.0 and float(out[0, 0, 1, 1, 1]) == 3.0  # painted ones are constants
+    assert low.grad[0, 0, 1, 1, 1] == 0.0 and float(out[0, 0, 1, 1, 1].detach()) == 3.0  # painted ones are constants
 
 
 def test_session_applies_the_prior_recorded_in_the_checkpoint(tmp_path):
