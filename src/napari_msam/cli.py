@@ -56,7 +56,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "out); default: what the checkpoint was trained with")
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 3, 4), metavar="K",
                    help="test-time flips: average K mirrored views of each ROI (1: off; K x slower; "
-                        "see docs/evaluation.md for what it buys)")
+                        "docs/session.md says what it measured)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,6 +115,12 @@ def _box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(sl)
 
 
+def _window_on_cpu(w: _Window) -> _Window:
+    """``w`` with its logits (and every TTA view's) moved to the CPU: the GPU out-of-memory fallback."""
+    return dataclasses.replace(w, low_res=None if w.low_res is None else w.low_res.cpu(),
+                               views=None if w.views is None else tuple(v.cpu() for v in w.views))
+
+
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))  # test-time views: spatial axes flipped
 
 
@@ -332,11 +338,9 @@ class Session:
         self.device = "cpu"
         self.model = self.model.to("cpu")
         self._cache = OrderedDict((k, tuple(p.to("cpu") for p in v)) for k, v in self._cache.items())
-        self._windows = [dataclasses.replace(w, low_res=None if w.low_res is None else w.low_res.cpu())
-                         for w in self._windows]
+        self._windows = [_window_on_cpu(w) for w in self._windows]
         for step in self._history:
-            step.windows = [dataclasses.replace(w, low_res=None if w.low_res is None else w.low_res.cpu())
-                            for w in step.windows]
+            step.windows = [_window_on_cpu(w) for w in step.windows]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -385,15 +389,15 @@ class Session:
             lab = torch.tensor([[lb for _, lb in points]], dtype=torch.int64, device=self.device)
             # each TTA view continues its own chain of logits (a shared, averaged prior derails the loop)
             priors = window.views if window.views is not None else (window.low_res,) * self.tta
-            every = window.points + ((point, label),)
+            every = window.points + ((point, label),)  # all of the object's clicks in this ROI, as in training
+            every_pts = torch.tensor([[p for p, _ in every]], dtype=torch.int64, device=self.device)
+            every_lab = torch.tensor([[lb for _, lb in every]], dtype=torch.int64, device=self.device)
             lows = []
             for f, view, prior in zip(TTA_FLIPS[: self.tta], prepared, priors, strict=True):
                 prev = None if prior is None else prior.to(self.device)
-                if self.click_prior is not None:  # all of the object's clicks in this ROI, as in training
-                    prev = self.click_prior.apply(
-                        prev, torch.tensor([[p for p, _ in every]], dtype=torch.int64, device=self.device),
-                        torch.tensor([[lb for _, lb in every]], dtype=torch.int64, device=self.device),
-                        self.img_size, 4 * (self.img_size // self.config.patch_size))
+                if self.click_prior is not None:
+                    prev = self.click_prior.apply(prev, every_pts, every_lab, self.img_size,
+                                                  4 * (self.img_size // self.config.patch_size))
                 with torch.inference_mode():
                     lows.append(_flip(self.model.refine(view, _flip_points(pts, f, self.img_size), lab,
                                                         _flip(prev, f)), f))
