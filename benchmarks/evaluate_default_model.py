@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 from napari_msam.atomic import atomic_write  # noqa: E402
 from napari_msam.errors import MSAMError  # noqa: E402
 from napari_msam.evaluation import NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
+from napari_msam.session import MAX_TTA  # noqa: E402
 
 VAL_PATIENTS = ("STS_003", "STS_008", "STS_013", "STS_018", "STS_022", "STS_027")
 SAMPLE_PATIENT = "STS_024"
@@ -543,6 +544,19 @@ def _rel(p: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ main
+def _named_option(methods: Sequence[Method], spec: str, flag: str, parse, valid, value: str, rule: str):
+    """``NAME=VALUE`` of a per-checkpoint Session option -> (the method of --checkpoint NAME, the value)."""
+    name, _, raw = spec.partition("=")
+    match = [m for m in methods if m.name == name and m.checkpoint is not None]
+    try:
+        parsed = parse(raw)
+    except ValueError:
+        parsed = None
+    if not match or parsed is None or not valid(parsed):
+        raise EvalError(f"{flag} {spec!r}: expected NAME={value} with a --checkpoint NAME and {rule}")
+    return match[0], parsed
+
+
 def parse_checkpoint(spec: str) -> tuple[str, Path]:
     if "=" not in spec:
         raise EvalError(f"--checkpoint expects NAME=PATH, got {spec!r}")
@@ -562,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run checkpoint NAME with the Session's max_zoom=Z instead of what it was trained with "
                         "(1: never zoom out); cached separately")
     p.add_argument("--tta", action="append", default=[], metavar="NAME=K",
-                   help="run checkpoint NAME with K test-time flip views (Session tta=K, 1-4); cached separately")
+                   help=f"run checkpoint NAME with K test-time flip views (Session tta=K, 1-{MAX_TTA}); cached separately")
     p.add_argument("--no-random-walker", action="store_true", help="skip the random-walker baseline")
     p.add_argument("--data", type=Path, default=Path("/work/shared/data/sts"))
     p.add_argument("--patients", nargs="+", default=list(VAL_PATIENTS))
@@ -623,24 +637,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             seen.add(name)
             methods.append(snapshot_checkpoint(name, path, args.cache.parent / "snapshots"))
         for spec in args.max_zoom:
-            name, _, z = spec.partition("=")
-            match = [m for m in methods if m.name == name and m.checkpoint is not None]
-            try:
-                zoom = float(z)
-            except ValueError:
-                zoom = float("nan")
-            if not match or not zoom >= 1.0:
-                raise EvalError(f"--max-zoom {spec!r}: expected NAME=Z with a --checkpoint NAME and Z >= 1")
-            match[0].key += f"-z{zoom:g}"
-            match[0].info["max_zoom"] = zoom
+            m, zoom = _named_option(methods, spec, "--max-zoom", float, lambda z: z >= 1.0, "Z", "Z >= 1")
+            m.key += f"-z{zoom:g}"
+            m.info["max_zoom"] = zoom
         for spec in args.tta:
-            name, _, k = spec.partition("=")
-            match = [m for m in methods if m.name == name and m.checkpoint is not None]
-            if not match or not k.isdigit() or not 1 <= int(k) <= 4:
-                raise EvalError(f"--tta {spec!r}: expected NAME=K with a --checkpoint NAME and K in 1-4")
-            if int(k) > 1:
-                match[0].key += f"-tta{int(k)}"
-                match[0].info["tta"] = int(k)
+            m, k = _named_option(methods, spec, "--tta", int, lambda k: 1 <= k <= MAX_TTA, "K", f"K in 1-{MAX_TTA}")
+            if k > 1:
+                m.key += f"-tta{k}"
+                m.info["tta"] = k
         if not methods:
             raise EvalError("nothing to evaluate: give --checkpoint NAME=PATH or drop --no-random-walker")
         patients = list(args.patients) + ([] if args.no_sample or SAMPLE_PATIENT in args.patients

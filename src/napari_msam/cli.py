@@ -54,7 +54,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-zoom", type=float, default=None, metavar="Z",
                    help="widest ROI for large objects, as a multiple of the model's spacing (1: never zoom "
                         "out); default: what the checkpoint was trained with")
-    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 3, 4), metavar="K",
+    from .session import MAX_TTA
+
+    p.add_argument("--tta", type=int, default=1, choices=range(1, MAX_TTA + 1), metavar="K",
                    help="test-time flips: average K mirrored views of each ROI (1: off; K x slower; "
                         "docs/session.md says what it measured)")
 

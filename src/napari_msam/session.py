@@ -122,6 +122,7 @@ def _window_on_cpu(w: _Window) -> _Window:
 
 
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,))  # test-time views: spatial axes flipped
+MAX_TTA = len(TTA_FLIPS)
 
 
 def _flip(t: torch.Tensor | None, axes: tuple[int, ...]) -> torch.Tensor | None:
@@ -202,8 +203,8 @@ class Session:
             raise MSAMError(f"max_zoom must be >= 1, got {max_zoom}")
         zmax = float(max_zoom) if max_zoom is not None else (trained.max if trained is not None else 1.0)
         self.zoom_levels = RoiZoom(max=zmax).steps() if zmax > 1.0 else [1.0]
-        if isinstance(tta, bool) or int(tta) != tta or not 1 <= int(tta) <= len(TTA_FLIPS):
-            raise MSAMError(f"tta must be an integer from 1 to {len(TTA_FLIPS)}, got {tta!r}")
+        if isinstance(tta, bool) or not isinstance(tta, (int, float)) or int(tta) != tta or not 1 <= tta <= MAX_TTA:
+            raise MSAMError(f"tta must be an integer from 1 to {MAX_TTA}, got {tta!r}")
         self.tta = int(tta)
         self.auto_extend = auto_extend
         self.max_windows = max(1, int(max_windows))

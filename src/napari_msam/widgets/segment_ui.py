@@ -105,8 +105,10 @@ def build_segment_ui(w: Any) -> None:
     w.device_combo = QComboBox()
     w.device_combo.addItems(available_devices())
     w.device_combo.setToolTip("Where the model runs")
+    from ..session import MAX_TTA
+
     w.tta_spin = QSpinBox()
-    w.tta_spin.setRange(1, 4)
+    w.tta_spin.setRange(1, MAX_TTA)
     w.tta_spin.setValue(1)
     w.tta_spin.setToolTip(
         "Test-time flips: average this many mirrored views of each ROI (1 = off). Each view costs one more "
