@@ -27,6 +27,7 @@ The cache does not see code changes in the session or the walker: use ``--recomp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from napari_msam.atomic import atomic_write  # noqa: E402
+from napari_msam.edge_refine import EDGE_MODES, EdgeRefiner  # noqa: E402
 from napari_msam.errors import MSAMError  # noqa: E402
 from napari_msam.evaluation import NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
 from napari_msam.session import MAX_TTA  # noqa: E402
@@ -248,7 +250,7 @@ def make_session(method: Method, args):
     if loaded is None:
         loaded = _MODELS[method.key] = load_checkpoint(method.checkpoint, device=args.device or "cpu")
     return Session(loaded, device=args.device, threads=args.threads, max_zoom=method.info.get("max_zoom"),
-                   tta=int(method.info.get("tta", 1)))
+                   tta=int(method.info.get("tta", 1)), edge_refine=method.info.get("edge_refine", "off"))
 
 
 def cache_path(cache_dir: Path, method: Method, case: CaseFiles, strategy: str, seed: int, n_clicks: int) -> Path:
@@ -577,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(1: never zoom out); cached separately")
     p.add_argument("--tta", action="append", default=[], metavar="NAME=K",
                    help=f"run checkpoint NAME with K test-time flip views (Session tta=K, 1-{MAX_TTA}); cached separately")
+    p.add_argument("--edge-refine", action="append", default=[], metavar="NAME=MODE",
+                   help="run checkpoint NAME with the Session's edge_refine=MODE (auto: MR only, on, off); "
+                        "default here: off (the network alone); cached separately")
     p.add_argument("--no-random-walker", action="store_true", help="skip the random-walker baseline")
     p.add_argument("--data", type=Path, default=Path("/work/shared/data/sts"))
     p.add_argument("--patients", nargs="+", default=list(VAL_PATIENTS))
@@ -645,6 +650,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if k > 1:
                 m.key += f"-tta{k}"
                 m.info["tta"] = k
+        for spec in args.edge_refine:
+            m, mode = _named_option(methods, spec, "--edge-refine", str, lambda v: v in EDGE_MODES, "MODE",
+                                    f"MODE in {'/'.join(EDGE_MODES)}")
+            if mode != "off":  # the key names the refiner's parameters too: changing a default re-runs
+                params = json.dumps(dataclasses.asdict(EdgeRefiner()), sort_keys=True)
+                m.key += f"-edges-{mode}-{hashlib.sha256(params.encode()).hexdigest()[:8]}"
+                m.info["edge_refine"] = mode
         if not methods:
             raise EvalError("nothing to evaluate: give --checkpoint NAME=PATH or drop --no-random-walker")
         patients = list(args.patients) + ([] if args.no_sample or SAMPLE_PATIENT in args.patients

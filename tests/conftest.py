@@ -87,6 +87,27 @@ def threshold_loaded():
                            preprocess=PreprocessConfig(spacing_mm=(1.0, 1.0, 1.0), ct_window=None, normalization="none"))
 
 
+class ShrinkingModel(ThresholdModel):
+    """Logits of a blurred image thresholded high: a bright sphere comes out about 2 voxels too small
+    (what edge refinement must repair)."""
+
+    def refine(self, embedding, points, labels, mask_logits):
+        self.refine_calls += 1
+        return 10.0 * (F.avg_pool3d(embedding, 5, stride=1, padding=2, count_include_pad=False) - 1.6)
+
+
+def shrinking_loaded(size: int = 40):
+    """A loaded-model stand-in around :class:`ShrinkingModel` (1 mm, no normalisation, ROI of ``size``)."""
+    from types import SimpleNamespace
+
+    from napari_msam.model import PreprocessConfig
+
+    cfg = SimpleNamespace(img_size=size, low_res=size, name="shrinking")
+    return SimpleNamespace(model=ShrinkingModel(img_size=size, low_res=size), config=cfg, metadata={},
+                           preprocess=PreprocessConfig(spacing_mm=(1.0, 1.0, 1.0), ct_window=None,
+                                                       normalization="none"))
+
+
 @pytest.fixture
 def sts_paths() -> tuple[Path, Path]:
     return DATA_DIR / "sts024_mr_crop.nii.gz", DATA_DIR / "sts024_mr_crop_mask.nii.gz"

@@ -62,6 +62,26 @@ def test_segment_with_test_time_flips(tmp_path, threshold_loaded, monkeypatch, m
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(tmp_path / "m.nii.gz")).dataobj) > 0, ball)
 
 
+@pytest.mark.parametrize("mode, modality, refined", [("auto", "mr", True), ("auto", "ct", False),
+                                                      ("off", "mr", False), ("on", "other", True)])
+def test_segment_edge_refinement(tmp_path, monkeypatch, make_sphere, mode, modality, refined):
+    """--edge-refine: the stand-in model's too-small sphere is snapped to the image edge where it applies."""
+    from conftest import shrinking_loaded
+    from napari_msam.metrics import dice
+
+    gt = make_sphere((40, 40, 40), (20, 20, 20), 9)
+    img = np.random.default_rng(0).normal(0, 0.1, gt.shape).astype(np.float32) + 2.0 * gt
+    p = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(p))
+    monkeypatch.setattr(cli, "_load_model", lambda args: shrinking_loaded())
+    out = tmp_path / "m.nii.gz"
+    rc = cli.main(["segment", str(p), "-o", str(out), "--point", "20,20,20", "--device", "cpu",
+                   "--modality", modality, "--edge-refine", mode])
+    assert rc == 0
+    d = dice(np.asanyarray(nib.load(str(out)).dataobj) > 0, gt)
+    assert (d > 0.9) if refined else (d < 0.8)  # 2 mm blocks (grid_mm) on a 1 mm image
+
+
 def _err(capsys, argv):
     rc = cli.main(argv)
     err = capsys.readouterr().err

@@ -91,6 +91,23 @@ def test_flip_views_setting_reaches_the_session(make_widget, qtbot):
     assert w.worker.state.session is not session and w.worker.state.session.tta == 1
 
 
+def test_edge_refinement_setting_reaches_the_session(make_widget, qtbot):
+    viewer, w = make_widget(session_factory=None)
+    assert w.edge_refine == "auto" and w.modality_combo.currentText() == "MR"
+    viewer.layers[PROMPTS_NAME].add(np.array([10.0, 20.0, 18.0]))
+    _idle(qtbot, w, 60000)
+    session = w.worker.state.session
+    assert session.edge_refine == "auto" and session.refining  # an MR image: refined by default
+    np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
+    w.edge_combo.setCurrentText("off")
+    _idle(qtbot, w, 60000)
+    viewer.layers[PROMPTS_NAME].add(np.array([12.0, 20.0, 18.0]))
+    _idle(qtbot, w, 60000)
+    session = w.worker.state.session
+    assert session.edge_refine == "off" and not session.refining
+    np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.model_mask)
+
+
 def test_world_to_voxel_uses_the_image_transform(make_widget, qtbot):
     viewer, w = make_widget(translate=(4.0, -3.0, 2.0))
     prompts = viewer.layers[PROMPTS_NAME]

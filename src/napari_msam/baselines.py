@@ -82,7 +82,7 @@ class RandomWalkerSession:
         try:
             from skimage.segmentation import random_walker
         except ImportError as exc:
-            raise MSAMError("the random-walker baseline needs scikit-image (pip install napari-msam[baselines])") from exc
+            raise MSAMError("the random-walker baseline needs scikit-image (pip install scikit-image)") from exc
 
         if self._volume is None:
             raise MSAMError("no image: call set_image() first")

@@ -59,6 +59,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", type=int, default=1, choices=range(1, MAX_TTA + 1), metavar="K",
                    help="test-time flips: average K mirrored views of each ROI (1: off; K x slower; "
                         "docs/session.md says what it measured)")
+    from .edge_refine import EDGE_MODES
+
+    p.add_argument("--edge-refine", choices=EDGE_MODES, default="auto",
+                   help="snap the model's mask to image edges after each click (a random walker seeded by "
+                        "the model and the clicks); 'auto': MR only, where it helps (docs/session.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +126,7 @@ def _make_session(args, loaded):
 
     return Session(loaded, device=None if args.device == "auto" else args.device, threads=args.threads,
                    multi_click=getattr(args, "multi_click", False), max_zoom=getattr(args, "max_zoom", None),
-                   tta=getattr(args, "tta", 1))
+                   tta=getattr(args, "tta", 1), edge_refine=getattr(args, "edge_refine", "auto"))
 
 
 def cmd_segment(args) -> int:

@@ -6,7 +6,9 @@ newest click plus the previous low-resolution logits. The image embedding of a R
 cached. Large objects: when the mask reaches a ROI face that lies inside the volume, the ROI is re-centred
 on the mask if the mask fits; a checkpoint trained with zoom augmentation (``model.roi_zoom``) then zooms
 out (the same grid at a coarser spacing, so the model sees the object whole); past that, overlapping
-windows (50 % overlap) are added with the current logits as their prior.
+windows (50 % overlap) are added with the current logits as their prior. With edge refinement on (by
+default for MR, ``edge_refine``), what the user sees is the model's mask snapped to image edges
+(:mod:`napari_msam.edge_refine`); the model's own chain of logits is not changed by it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .edge_refine import EDGE_MODES, EdgeRefiner, applies
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
 from .io import check_volume_array
 from .model.click_prior import ClickPrior
@@ -73,6 +76,8 @@ class _Step:
     extent: Box | None = None
     zoom: float = 1.0
     patches: list[tuple[Box, np.ndarray]] = field(default_factory=list)
+    shown_extent: Box | None = None  # edge refinement: the refined object's box before the click
+    shown_patch: tuple[Box, np.ndarray] | None = None  # and the refined voxels the click overwrote
 
 
 def _empty(b: Box) -> bool:
@@ -170,6 +175,9 @@ class Session:
         tta: test-time flips, 1 (off) to 4: the ROI is also encoded flipped along w, then h, then d, each
             click refined in every view and the logits averaged (the model was trained with random flips).
             Costs ``tta`` x the encoder and refine time.
+        edge_refine: "auto" (default: MR images only, where it was measured to help), "on" or "off":
+            snap the model's mask to image edges after every click (``napari_msam.edge_refine``); an
+            :class:`~napari_msam.edge_refine.EdgeRefiner` sets its parameters (and means "on").
     """
 
     def __init__(
@@ -185,6 +193,7 @@ class Session:
         cache_size: int = 8,
         return_probabilities: bool = False,
         tta: int = 1,
+        edge_refine: str | EdgeRefiner = "auto",
     ) -> None:
         if threads is not None:
             if int(threads) < 1:
@@ -206,6 +215,12 @@ class Session:
         if isinstance(tta, bool) or not isinstance(tta, (int, float)) or int(tta) != tta or not 1 <= tta <= MAX_TTA:
             raise MSAMError(f"tta must be an integer from 1 to {MAX_TTA}, got {tta!r}")
         self.tta = int(tta)
+        if isinstance(edge_refine, EdgeRefiner):
+            self.edge_refiner, self.edge_refine = edge_refine, "on"
+        elif isinstance(edge_refine, str) and edge_refine in EDGE_MODES:
+            self.edge_refiner, self.edge_refine = EdgeRefiner(), edge_refine
+        else:
+            raise MSAMError(f"edge_refine must be one of {EDGE_MODES} or an EdgeRefiner, got {edge_refine!r}")
         self.auto_extend = auto_extend
         self.max_windows = max(1, int(max_windows))
         self.cache_size = max(1, int(cache_size))
@@ -217,6 +232,7 @@ class Session:
         self.modality = "other"
         self.labels: np.ndarray = np.zeros((0, 0, 0), np.uint16)
         self._mask = np.zeros((0, 0, 0), bool)
+        self._shown: np.ndarray | None = None  # the edge-refined object (None: refinement off for this image)
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._next_id = 1
         self._accepted: list[int] = []
@@ -242,6 +258,7 @@ class Session:
         self.modality = modality
         self.labels = np.zeros(volume.shape, np.uint16)
         self._mask = np.zeros(volume.shape, bool)
+        self._shown = np.zeros(volume.shape, bool) if applies(self.edge_refine, modality) else None
         self._cache.clear()
         self._next_id = 1
         self._accepted = []
@@ -254,6 +271,7 @@ class Session:
         self._history: list[_Step] = []
         # a box holding every True voxel of the current object (None: empty); may be loose, never too small
         self._extent: Box | None = None
+        self._shown_extent: Box | None = None  # a box holding every True voxel of ``_shown``
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -261,10 +279,23 @@ class Session:
 
     @property
     def current_mask(self) -> np.ndarray:
-        """Bool mask of the current object over the whole volume (a read-only view, no copy)."""
+        """Bool mask of the current object over the whole volume (a read-only view, no copy); edge-refined
+        when refinement applies to this image (``refining``)."""
+        v = (self._mask if self._shown is None else self._shown).view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def model_mask(self) -> np.ndarray:
+        """The model's own mask of the current object (before edge refinement; read-only view)."""
         v = self._mask.view()
         v.flags.writeable = False
         return v
+
+    @property
+    def refining(self) -> bool:
+        """Whether the current image's masks are edge-refined (``edge_refine`` and the image's modality)."""
+        return self._shown is not None
 
     @property
     def clicks(self) -> list[tuple[tuple[int, int, int], bool]]:
@@ -292,18 +323,20 @@ class Session:
         """Forget the current object (its clicks, mask and undo history)."""
         if self._extent is not None:
             self._mask[self._extent] = False
+        if self._shown is not None and self._shown_extent is not None:
+            self._shown[self._shown_extent] = False
         self._reset_object()
 
     def accept(self) -> int:
         """Freeze the current object into ``labels`` under its id and start the next object."""
         self._require_image()
-        if self._extent is None or not self._mask[self._extent].any():
+        mask, box = (self._mask, self._extent) if self._shown is None else (self._shown, self._shown_extent)
+        if box is None or not mask[box].any():
             raise MSAMError("the current object is empty: add a click before accepting")
         oid = self._next_id
         if oid > np.iinfo(self.labels.dtype).max:
             raise MSAMError("too many objects for the label volume")
-        box = self._extent
-        self.labels[box][self._mask[box]] = oid
+        self.labels[box][mask[box]] = oid
         self._accepted.append(oid)
         self._next_id += 1
         self.reset()
@@ -631,7 +664,8 @@ class Session:
         t0 = time.perf_counter()
         v = self._check_voxel(voxel)
         timings = {"encode": 0.0, "refine": 0.0, "paste": 0.0}
-        step = _Step(windows=list(self._windows), clicks=list(self._clicks), extent=self._extent, zoom=self._zoom)
+        step = _Step(windows=list(self._windows), clicks=list(self._clicks), extent=self._extent, zoom=self._zoom,
+                     shown_extent=self._shown_extent)
         self._clicks.append((v, bool(positive)))
         label = 1 if positive else 0
         try:
@@ -662,6 +696,8 @@ class Session:
                         pass
                 if self._touching_faces(self._windows[index]):
                     self._extend(index, step, timings)
+            if self._shown is not None:
+                self._refine_edges(step, timings)
         except BaseException:
             self._restore(step)
             raise
@@ -669,17 +705,41 @@ class Session:
         changed: Box | None = None
         for b, _ in step.patches:
             changed = _union(changed, b)
+        if step.shown_patch is not None:
+            changed = _union(changed, step.shown_patch[0])
         assert changed is not None
         probs = None
-        if self.return_probabilities and (single or len(step.patches) == 1):
+        if self.return_probabilities and self._shown is None and (single or len(step.patches) == 1):
             probs = (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
             if tuple(box) != tuple(changed):
                 probs = None
         timings["total"] = time.perf_counter() - t0
-        return ClickResult(bbox=changed, mask=self._mask[changed].copy(), probabilities=probs,
+        return ClickResult(bbox=changed, mask=self.current_mask[changed].copy(), probabilities=probs,
                            timings=timings, object_id=self._next_id)
 
+    def _refine_edges(self, step: _Step, timings: dict[str, float]) -> None:
+        """Re-derive the shown (edge-refined) object from the model's mask and every click."""
+        assert self._shown is not None and self._volume is not None
+        t0 = time.perf_counter()
+        tight = None if self._extent is None else _box_of(self._mask[self._extent])
+        if tight is not None:  # the extent may be loose; the walker's box follows the mask itself
+            tight = tuple(slice(t.start + e.start, t.stop + e.start) for t, e in zip(tight, self._extent, strict=True))
+        box, seg = self.edge_refiner.refine(self._volume, self._mask, self._clicks, self.spacing,
+                                            self.modality, mask_box=tight)  # type: ignore[arg-type]
+        write = box if self._shown_extent is None else _union(box, self._shown_extent)
+        step.shown_patch = (write, self._shown[write].copy())
+        self._shown[write] = False
+        self._shown[box] = seg
+        self._shown_extent = _box_of(seg)
+        if self._shown_extent is not None:
+            self._shown_extent = tuple(slice(s.start + b.start, s.stop + b.start)  # type: ignore[assignment]
+                                       for s, b in zip(self._shown_extent, box, strict=True))
+        timings["edges"] = time.perf_counter() - t0
+
     def _restore(self, step: _Step) -> None:
+        if step.shown_patch is not None and self._shown is not None:
+            self._shown[step.shown_patch[0]] = step.shown_patch[1]
+        self._shown_extent = step.shown_extent
         for box, old in reversed(step.patches):
             self._mask[box] = old
         self._windows = list(step.windows)
@@ -697,9 +757,11 @@ class Session:
         changed: Box | None = None
         for b, _ in step.patches:
             changed = _union(changed, b)
+        if step.shown_patch is not None:
+            changed = _union(changed, step.shown_patch[0])
         if changed is None:
             changed = (slice(0, 0),) * 3  # type: ignore[assignment]
         assert changed is not None
-        return ClickResult(bbox=changed, mask=self._mask[changed].copy(), probabilities=None,
+        return ClickResult(bbox=changed, mask=self.current_mask[changed].copy(), probabilities=None,
                            timings={"encode": 0.0, "refine": 0.0, "paste": 0.0, "total": time.perf_counter() - t0},
                            object_id=self._next_id)

@@ -37,6 +37,7 @@ class SessionSpec:
     device: str
     image_key: tuple
     tta: int = 1  # Session(tta=): mirrored views averaged per click
+    edge_refine: str = "auto"  # Session(edge_refine=): snap the mask to image edges (auto: MR only)
 
 
 @dataclass
@@ -98,15 +99,19 @@ def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndar
         st.loaded = _load_model(source)
         st.model_key = spec.model_key
         info["summary"] = _model_summary(st.loaded)
-    if st.session is None or st.extra.get("device") != spec.device or st.extra.get("tta", 1) != spec.tta:
+    if (st.session is None or st.extra.get("device") != spec.device or st.extra.get("tta", 1) != spec.tta
+            or st.extra.get("edge_refine", "auto") != spec.edge_refine):
         if session_factory is None:
             from ..session import Session
 
             session_factory = Session
-        extra = {"tta": spec.tta} if spec.tta != 1 else {}  # stand-in sessions need not know the option
+        extra: dict[str, Any] = {"tta": spec.tta} if spec.tta != 1 else {}  # stand-ins need not know these
+        if spec.edge_refine != "auto":
+            extra["edge_refine"] = spec.edge_refine
         st.session = session_factory(st.loaded, device=None if spec.device == "auto" else spec.device, **extra)
         st.extra["device"] = spec.device
         st.extra["tta"] = spec.tta
+        st.extra["edge_refine"] = spec.edge_refine
         st.image_key = None
     if image is not None and st.image_key != spec.image_key:
         st.session.set_image(image, spacing=spacing, modality=modality)

@@ -137,6 +137,7 @@ class SegmentWidget(QWidget):
         self.browse_btn.clicked.connect(self._browse_model)
         self.device_combo.currentIndexChanged.connect(self._on_model_changed)
         self.tta_spin.valueChanged.connect(self._on_model_changed)
+        self.edge_combo.currentIndexChanged.connect(self._on_model_changed)
         self.polarity_btn.clicked.connect(lambda: self.set_polarity(not self._positive))
         self.undo_btn.clicked.connect(self.undo)
         self.reset_btn.clicked.connect(self.reset_object)
@@ -152,6 +153,11 @@ class SegmentWidget(QWidget):
     def tta(self) -> int:
         """Mirrored views per click (the Session's ``tta``)."""
         return int(self.tta_spin.value())
+
+    @property
+    def edge_refine(self) -> str:
+        """The Session's ``edge_refine`` mode: "auto" (MR only), "on" or "off"."""
+        return self.edge_combo.currentText().split(" ")[0]
 
     # ------------------------------------------------------------------ messages
     def show_message(self, text: str, level: str = "info") -> None:
@@ -406,7 +412,7 @@ class SegmentWidget(QWidget):
         self.model_info.setText("loading…")
         self._model_requested = True
         self._drop_object_tracking(clear_points=True)
-        spec = SessionSpec(source, self.device, ("none",), self.tta)
+        spec = SessionSpec(source, self.device, ("none",), self.tta, self.edge_refine)
         self._submitted_spec = None
         self.submit("load model", job_ensure, spec, source, None, (1.0, 1.0, 1.0), "other",
                     self._session_factory, on_done=self._on_model_loaded)
@@ -508,7 +514,7 @@ class SegmentWidget(QWidget):
         modality = self.modality_combo.currentText().lower()
         spacing = tuple(float(s) for s in image.scale)
         spec = SessionSpec(source, self.device, (layer_token(image), id(data), data.shape, modality, spacing),
-                           self.tta)
+                           self.tta, self.edge_refine)
         if spec != self._submitted_spec:
             self._submitted_spec = spec
             self.submit("set up image", job_ensure, spec, source, data, spacing, modality,
