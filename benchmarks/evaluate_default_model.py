@@ -461,6 +461,15 @@ def report(records: Sequence[dict], methods: Sequence[Method], args, orient: dic
         "* Data notes: every volume is an IBSI crop 5 cm around the tumour (so the tumour is always near "
         "the centre of the field of view), and the CT and MR_T1 masks of a patient are the same contour "
         "(same spacing and voxel count), so the two modalities of a patient are not independent samples.",
+    ]
+    if any(m.info.get("edge_refine") for m in methods):
+        lines.append(
+            "* `edge_refine auto` / `on` (the Session's edge refinement, docs/session.md, parameters "
+            f"{dataclasses.asdict(EdgeRefiner())}): the mask scored after every click, and the one the next "
+            "click is drawn against, is the model's mask snapped to image edges by a random walker seeded with "
+            "the model's sure inside / outside and the clicks; `auto` refines MR only (CT runs are the model's "
+            "own mask). Without the option a method is the network alone (`edge_refine off`).")
+    lines += [
         "",
         "## Methods",
         "",
