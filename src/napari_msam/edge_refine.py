@@ -66,8 +66,9 @@ class EdgeRefiner:
             spacing: Sequence[float]) -> Box:
         """The walker's box: the model's object box and every click, grown by ``margin_mm``, clipped."""
         pts = np.array([c for c, _ in clicks], dtype=np.int64).reshape(-1, 3)
-        lo = pts.min(0) if len(pts) else np.array([s.start for s in mask_box])  # type: ignore[union-attr]
-        hi = pts.max(0) + 1 if len(pts) else np.array([s.stop for s in mask_box])  # type: ignore[union-attr]
+        if len(pts) == 0:
+            raise MSAMError("edge refinement needs at least one click")
+        lo, hi = pts.min(0), pts.max(0) + 1
         if mask_box is not None:
             lo = np.minimum(lo, [s.start for s in mask_box])
             hi = np.maximum(hi, [s.stop for s in mask_box])
@@ -97,8 +98,6 @@ class EdgeRefiner:
         """
         if image.shape != mask.shape:
             raise MSAMError(f"image {image.shape} and mask {mask.shape} differ in shape")
-        if not clicks:
-            raise MSAMError("edge refinement needs at least one click")
         try:
             from skimage.segmentation import random_walker
         except ImportError as exc:  # a core dependency; a broken install gets a clear message

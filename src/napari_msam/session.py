@@ -120,6 +120,14 @@ def _box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(sl)
 
 
+def _tight_box(mask: np.ndarray, where: Box) -> Box | None:
+    """The smallest box (absolute indices) holding every True voxel of ``mask``, the volume's ``where`` part."""
+    inner = _box_of(mask)
+    if inner is None:
+        return None
+    return tuple(slice(i.start + w.start, i.stop + w.start) for i, w in zip(inner, where, strict=True))  # type: ignore[return-value]
+
+
 def _window_on_cpu(w: _Window) -> _Window:
     """``w`` with its logits (and every TTA view's) moved to the CPU: the GPU out-of-memory fallback."""
     return dataclasses.replace(w, low_res=None if w.low_res is None else w.low_res.cpu(),
@@ -721,19 +729,15 @@ class Session:
         """Re-derive the shown (edge-refined) object from the model's mask and every click."""
         assert self._shown is not None and self._volume is not None
         t0 = time.perf_counter()
-        tight = None if self._extent is None else _box_of(self._mask[self._extent])
-        if tight is not None:  # the extent may be loose; the walker's box follows the mask itself
-            tight = tuple(slice(t.start + e.start, t.stop + e.start) for t, e in zip(tight, self._extent, strict=True))
+        # the extent may be loose; the walker's box follows the mask itself
+        tight = None if self._extent is None else _tight_box(self._mask[self._extent], self._extent)
         box, seg = self.edge_refiner.refine(self._volume, self._mask, self._clicks, self.spacing,
-                                            self.modality, mask_box=tight)  # type: ignore[arg-type]
+                                            self.modality, mask_box=tight)
         write = box if self._shown_extent is None else _union(box, self._shown_extent)
         step.shown_patch = (write, self._shown[write].copy())
         self._shown[write] = False
         self._shown[box] = seg
-        self._shown_extent = _box_of(seg)
-        if self._shown_extent is not None:
-            self._shown_extent = tuple(slice(s.start + b.start, s.stop + b.start)  # type: ignore[assignment]
-                                       for s, b in zip(self._shown_extent, box, strict=True))
+        self._shown_extent = _tight_box(seg, box)
         timings["edges"] = time.perf_counter() - t0
 
     def _restore(self, step: _Step) -> None:
