@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_msam.widgets.labels_policy import ObjectWrites
+from napari_msam.widgets.labels_policy import ObjectWrites, timing_text
 
 
 class _Layer:
@@ -59,3 +59,9 @@ def test_label_id_change_relabels_the_whole_object():
     assert layer.data.sum() == 1 and layer.data[0, 0, 0] == 1
     w.commit()
     assert not w.active and w.written is None
+
+
+def test_timing_text_names_the_stages_that_took_time():
+    t = {"encode": 0.0, "refine": 0.12, "paste": 0.001, "edges": 0.31, "total": 0.45}
+    assert timing_text(t, 9.0) == "0.45 s (refine 0.12, edges 0.31)"
+    assert timing_text({}, 0.2) == "0.20 s"

@@ -64,7 +64,7 @@ def next_free_id(data: np.ndarray) -> int:
 def timing_text(timings: dict[str, float], seconds: float) -> str:
     """Short status text for a click's timings (only the stages that took noticeable time)."""
     total = timings.get("total", seconds)
-    parts = [f"{k} {v:.2f}" for k, v in timings.items() if k in ("encode", "refine", "paste") and v >= 0.005]
+    parts = [f"{k} {v:.2f}" for k, v in timings.items() if k in ("encode", "refine", "paste", "edges") and v >= 0.005]
     return f"{total:.2f} s" + (f" ({', '.join(parts)})" if parts else "")
 
 
