@@ -82,6 +82,23 @@ def test_segment_edge_refinement(tmp_path, monkeypatch, make_sphere, mode, modal
     assert (d > 0.9) if refined else (d < 0.8)  # 2 mm blocks (grid_mm) on a 1 mm image
 
 
+@pytest.mark.parametrize("name, refined", [("patient_MR_T1.nii.gz", True), ("scan.nii.gz", False)])
+def test_segment_auto_modality_follows_the_file_name(tmp_path, monkeypatch, make_sphere, name, refined):
+    """--modality auto (the default) reads MR from the file name, so MR files get edge refinement."""
+    from conftest import shrinking_loaded
+    from napari_msam.metrics import dice
+
+    gt = make_sphere((40, 40, 40), (20, 20, 20), 9)
+    img = np.random.default_rng(0).normal(0, 0.1, gt.shape).astype(np.float32) + 2.0 * gt
+    p = tmp_path / name
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(p))
+    monkeypatch.setattr(cli, "_load_model", lambda args: shrinking_loaded())
+    out = tmp_path / "m.nii.gz"
+    assert cli.main(["segment", str(p), "-o", str(out), "--point", "20,20,20", "--device", "cpu"]) == 0
+    d = dice(np.asanyarray(nib.load(str(out)).dataobj) > 0, gt)
+    assert (d > 0.9) if refined else (d < 0.8)
+
+
 def _err(capsys, argv):
     rc = cli.main(argv)
     err = capsys.readouterr().err

@@ -20,6 +20,7 @@ from .io import (
     DicomSeries,
     Volume,
     can_read,
+    guess_modality,
     is_dicom_file,
     list_dicom_series,
     read_volume,
@@ -101,24 +102,6 @@ def data_looks_like_label(data: np.ndarray) -> bool:
     if data.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
         return False
     return values.size <= _MAX_LABEL_VALUES and values.min() >= 0
-
-
-def guess_modality(name: str, data: np.ndarray | None = None) -> str:
-    """'ct', 'mr' or 'other' from a layer/file name, else from the intensities (HU go far below 0)."""
-    low = name.lower()
-    tokens = set(re.split(r"[^a-z0-9]+", low))
-    if "ct" in tokens or low.startswith("ct") or "_ct" in low:
-        return "ct"
-    if tokens & {"mr", "mri", "t1", "t2", "flair", "dwi", "adc", "t1w", "t2w"} or "mr_" in low or "_mr" in low:
-        return "mr"
-    if data is not None and data.size and data.dtype.kind in "if":
-        step = max(1, int(round((data.size / 100_000) ** (1 / 3))))
-        sample = np.asarray(data[::step, ::step, ::step], dtype=np.float32)
-        lo = float(np.percentile(sample, 1))
-        hi = float(np.percentile(sample, 99))
-        if lo <= -500 and hi >= 0:
-            return "ct"
-    return "other"
 
 
 def volume_metadata(vol: Volume) -> dict[str, Any]:

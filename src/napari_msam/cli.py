@@ -48,7 +48,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model weights (.safetensors of napari-msam, or a SAM-Med3D / M-SAM .pth); "
                         "default: the embedded default model")
     p.add_argument("--modality", choices=("auto", "ct", "mr", "other"), default="auto",
-                   help="'ct' applies the model's CT window; 'auto' guesses CT from Hounsfield-like values")
+                   help="'ct' applies the model's CT window, 'mr' turns on edge refinement by default; 'auto': what "
+                        "a DICOM series says, else the file name (CT, MR, T1, ...), else CT for Hounsfield-like values")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--max-zoom", type=float, default=None, metavar="Z",
@@ -132,7 +133,7 @@ def _make_session(args, loaded):
 def cmd_segment(args) -> int:
     import numpy as np
 
-    from .io import read_volume, write_mask
+    from .io import guess_modality, read_volume, write_mask
 
     vol = read_volume(args.image, channel=args.channel, series=args.series)
     clicks = [(vol.original_index_to_array(ijk), pos) for ijk, pos in args.point]
@@ -140,7 +141,10 @@ def cmd_segment(args) -> int:
         raise CLIError("the first --point must be positive (it defines the object)")
     loaded = _load_model(args)
     session = _make_session(args, loaded)
-    session.set_image(vol.data, vol.spacing, args.modality)
+    modality = args.modality  # auto: what the file says (DICOM), else its name, else its intensities
+    if modality == "auto":
+        modality = vol.modality or guess_modality(Path(args.image).name, vol.data)
+    session.set_image(vol.data, vol.spacing, modality)
     total = 0.0
     for voxel, pos in clicks:
         r = session.add_click(voxel, pos)

@@ -250,7 +250,12 @@ def evaluate_cases(
             iterator = tqdm(cases, desc="cases", unit="case")
     for i, case in enumerate(iterator):
         img, lab = load_case(case)
-        session.set_image(img.data, img.spacing, modality)
+        mod = modality  # auto: what the file says (DICOM), else its name, else its intensities
+        if mod == "auto":
+            from .io import guess_modality
+
+            mod = img.modality or guess_modality(case.image.name, img.data)
+        session.set_image(img.data, img.spacing, mod)
         out.append((case.name, run_protocol(session, lab.data, n_clicks, strategy, seed + i, label=label)))
     return out
 

@@ -12,6 +12,7 @@ here (text header + raw/zlib data).
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -791,3 +792,21 @@ def write_mask(
     else:
         raise MSAMError(f"{path}: unsupported output type {suffix!r} (use .nii.gz, .nii, .tif)")
     return path
+
+
+def guess_modality(name: str, data: np.ndarray | None = None) -> str:
+    """'ct', 'mr' or 'other' from a layer/file name, else from the intensities (HU go far below 0)."""
+    low = name.lower()
+    tokens = set(re.split(r"[^a-z0-9]+", low))
+    if "ct" in tokens or low.startswith("ct") or "_ct" in low:
+        return "ct"
+    if tokens & {"mr", "mri", "t1", "t2", "flair", "dwi", "adc", "t1w", "t2w"} or "mr_" in low or "_mr" in low:
+        return "mr"
+    if data is not None and data.size and data.dtype.kind in "if":
+        step = max(1, int(round((data.size / 100_000) ** (1 / 3))))
+        sample = np.asarray(data[::step, ::step, ::step], dtype=np.float32)
+        lo = float(np.percentile(sample, 1))
+        hi = float(np.percentile(sample, 99))
+        if lo <= -500 and hi >= 0:
+            return "ct"
+    return "other"

@@ -328,7 +328,7 @@ class SegmentWidget(QWidget):
         if not name or name not in self.viewer.layers:
             return
         layer = self.viewer.layers[name]
-        from .._reader import guess_modality
+        from ..io import guess_modality
 
         mod = (layer.metadata or {}).get("modality") if hasattr(layer, "metadata") else None
         if mod not in ("ct", "mr", "other"):
