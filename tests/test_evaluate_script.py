@@ -97,6 +97,22 @@ def test_bad_arguments(ev, setup, capsys):
     assert "--max-zoom" in capsys.readouterr().err
 
 
+def test_edge_refine_option_is_a_separately_cached_method(ev, setup, capsys):
+    """--edge-refine NAME=on: a second name for the same checkpoint, its own cache key, MR and CT refined."""
+    root, ckpt = setup
+    args = _args(root, ckpt) + ["--no-random-walker", "--seeds", "0", "--checkpoint", f"tiny-edges={ckpt}",
+                                "--edge-refine", "tiny-edges=on"]
+    assert ev.main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 runs cached, 4 to run" in out  # the plain runs come from the cache, the refined ones do not
+    md = (root / "out.md").read_text()
+    assert "`edge_refine auto` / `on`" in md and "edge_refine on" in md
+    keys = sorted(p.name for p in (root / "cache").iterdir())
+    assert any("-edges-on-" in k for k in keys)
+    assert ev.main(args[:-1] + ["tiny-edges=sometimes"]) == 2
+    assert "--edge-refine" in capsys.readouterr().err
+
+
 def test_coarse_walker_maps_back_to_full_grid(ev):
     from napari_msam.baselines import RandomWalkerSession
 
