@@ -20,10 +20,11 @@ from .io import (
     DicomSeries,
     Volume,
     can_read,
-    guess_modality,
+    guess_modality,  # noqa: F401  (re-exported: older code and tests import it from here)
     is_dicom_file,
     list_dicom_series,
     read_volume,
+    volume_modality,
 )
 
 # longest first, so a stem drops the whole double suffix (".nii.gz")
@@ -127,7 +128,7 @@ def volume_to_layer_data(vol: Volume, name: str, as_label: bool | None = None) -
         if data.dtype.kind == "f" or data.dtype == bool:
             data = data.astype(np.uint16 if data.size and data.max() > 255 else np.uint8)
         return (data, kwargs, "labels")
-    meta["modality"] = vol.modality or guess_modality(name, vol.data)  # DICOM says; else guess
+    meta["modality"] = volume_modality(vol, name)  # DICOM says; else guess
     data = vol.data
     if data.size:
         lo, hi = float(np.min(data)), float(np.max(data))

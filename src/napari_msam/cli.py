@@ -133,7 +133,7 @@ def _make_session(args, loaded):
 def cmd_segment(args) -> int:
     import numpy as np
 
-    from .io import guess_modality, read_volume, write_mask
+    from .io import read_volume, volume_modality, write_mask
 
     vol = read_volume(args.image, channel=args.channel, series=args.series)
     clicks = [(vol.original_index_to_array(ijk), pos) for ijk, pos in args.point]
@@ -143,7 +143,7 @@ def cmd_segment(args) -> int:
     session = _make_session(args, loaded)
     modality = args.modality  # auto: what the file says (DICOM), else its name, else its intensities
     if modality == "auto":
-        modality = vol.modality or guess_modality(Path(args.image).name, vol.data)
+        modality = volume_modality(vol, Path(args.image).name)
     session.set_image(vol.data, vol.spacing, modality)
     total = 0.0
     for voxel, pos in clicks:

@@ -252,9 +252,9 @@ def evaluate_cases(
         img, lab = load_case(case)
         mod = modality  # auto: what the file says (DICOM), else its name, else its intensities
         if mod == "auto":
-            from .io import guess_modality
+            from .io import volume_modality
 
-            mod = img.modality or guess_modality(case.image.name, img.data)
+            mod = volume_modality(img, case.image.name)
         session.set_image(img.data, img.spacing, mod)
         out.append((case.name, run_protocol(session, lab.data, n_clicks, strategy, seed + i, label=label)))
     return out

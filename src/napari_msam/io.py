@@ -810,3 +810,8 @@ def guess_modality(name: str, data: np.ndarray | None = None) -> str:
         if lo <= -500 and hi >= 0:
             return "ct"
     return "other"
+
+
+def volume_modality(vol: Volume, name: str) -> str:
+    """What "auto" means for a read volume: the file's own word (DICOM), else :func:`guess_modality`."""
+    return vol.modality or guess_modality(name, vol.data)
