@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
 from .io import check_volume_array
 from .session import ClickResult
+from .walker import click_ball, walk, zscore
 
 
 class RandomWalkerSession:
@@ -79,11 +79,6 @@ class RandomWalkerSession:
         return tuple(out)
 
     def add_click(self, voxel: Sequence[int], positive: bool = True) -> ClickResult:
-        try:
-            from skimage.segmentation import random_walker
-        except ImportError as exc:
-            raise MSAMError("the random-walker baseline needs scikit-image (pip install scikit-image)") from exc
-
         if self._volume is None:
             raise MSAMError("no image: call set_image() first")
         v = tuple(int(round(float(x))) for x in voxel)
@@ -92,27 +87,20 @@ class RandomWalkerSession:
         t0 = time.perf_counter()
         self._clicks.append((v, bool(positive)))  # type: ignore[arg-type]
         box = self._crop()
-        img = self._volume[box].astype(np.float32)
-        std = float(img.std())
-        img = (img - float(img.mean())) / (std if std > 1e-6 else 1.0)
+        img = zscore(self._volume[box].astype(np.float32))
         seeds = np.zeros(img.shape, np.int32)
         seeds[0, :, :] = seeds[-1, :, :] = 2
         seeds[:, 0, :] = seeds[:, -1, :] = 2
         seeds[:, :, 0] = seeds[:, :, -1] = 2
         # each click seeds a ball of ``seed_mm`` (a single voxel barely influences the walker)
-        grids = np.ogrid[tuple(slice(0, n) for n in img.shape)]
+        origin = [b.start for b in box]
         for (c, pos) in self._clicks:
-            d2 = sum(((g - (c[a] - box[a].start)) * self.spacing[a]) ** 2 for a, g in enumerate(grids))
-            seeds[d2 <= max(self.seed_mm, min(self.spacing)) ** 2] = 1 if pos else 2
+            seeds[click_ball(img.shape, origin, (1, 1, 1), c, self.spacing, max(self.seed_mm, min(self.spacing)))] = \
+                1 if pos else 2
         if not (seeds == 1).any():
             seg = np.zeros(img.shape, bool)
         else:
-            with warnings.catch_warnings():
-                # the CG solver's probabilities may overshoot [0, 1] slightly; only the argmax is used
-                warnings.filterwarnings("ignore", message="The probability range is outside")
-                labels = random_walker(img, seeds, beta=self.beta, mode=self.mode, tol=self.tol,
-                                       spacing=self.spacing)
-            seg = labels == 1
+            seg = walk(img, seeds, self.beta, self.mode, self.tol, self.spacing, "the random-walker baseline")
         changed = box if self._box is None else tuple(
             slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, self._box, strict=True))
         self._history.append((changed, self._mask[changed].copy()))

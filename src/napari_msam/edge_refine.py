@@ -12,7 +12,6 @@ rises from 0.74 to 0.76 with the shipped model (0.68 to 0.73 with an earlier one
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import MSAMError
+from .walker import click_ball, walk, zscore
 
 Box = tuple[slice, slice, slice]
 EDGE_MODES = ("auto", "on", "off")
@@ -98,28 +98,19 @@ class EdgeRefiner:
         """
         if image.shape != mask.shape:
             raise MSAMError(f"image {image.shape} and mask {mask.shape} differ in shape")
-        try:
-            from skimage.segmentation import random_walker
-        except ImportError as exc:  # a core dependency; a broken install gets a clear message
-            raise MSAMError("edge refinement needs scikit-image (pip install scikit-image)") from exc
         box = self.box(mask_box, clicks, image.shape, spacing)
         shape = tuple(b.stop - b.start for b in box)
         f = self.factors(shape, spacing)
         sp = tuple(float(spacing[a]) * f[a] for a in range(3))
-        img = _block_mean(image[box].astype(np.float32), f, modality)
-        std = float(img.std())
-        img = (img - float(img.mean())) / (std if std > 1e-6 else 1.0)
+        img = zscore(_block_mean(image[box].astype(np.float32), f, modality))
         model = _block_mean(np.asarray(mask[box], dtype=np.float32), f) >= 0.5
         seeds = np.zeros(model.shape, np.int32)
         if model.any():
             seeds[ndimage.distance_transform_edt(model, sampling=sp) > self.band_mm] = 1
         seeds[ndimage.distance_transform_edt(~model, sampling=sp) > self.band_mm] = 2
-        grids = np.ogrid[tuple(slice(0, n) for n in model.shape)]
-        radius2 = max(self.seed_mm, min(sp)) ** 2
+        origin = [b.start for b in box]
         for c, positive in clicks:  # later clicks win over earlier ones and over the model
-            d2 = sum((((g + 0.5) * f[a] - 0.5 + box[a].start - int(c[a])) * float(spacing[a])) ** 2
-                     for a, g in enumerate(grids))
-            ball = d2 <= radius2
+            ball = click_ball(model.shape, origin, f, c, spacing, max(self.seed_mm, min(sp)))
             ball[tuple(min((int(c[a]) - box[a].start) // f[a], model.shape[a] - 1) for a in range(3))] = True
             seeds[ball] = 1 if positive else 2
         for a in range(3):  # the box's faces are background unless something says otherwise
@@ -131,10 +122,7 @@ class EdgeRefiner:
         elif not (seeds == 0).any():
             seg = seeds == 1
         else:
-            with warnings.catch_warnings():
-                # the CG solver's probabilities may overshoot [0, 1] slightly; only the argmax is used
-                warnings.filterwarnings("ignore", message="The probability range is outside")
-                seg = random_walker(img, seeds, beta=self.beta, mode="cg_j", tol=self.tol, spacing=sp) == 1
+            seg = walk(img, seeds, self.beta, "cg_j", self.tol, sp, "edge refinement")
         for a in range(3):  # back onto every native voxel of the box
             if f[a] > 1:
                 seg = np.repeat(seg, f[a], axis=a)
