@@ -150,3 +150,34 @@ def test_intensity_prob_out_of_range_is_refused(tmp_path):
                       intensity_prob=1.5, epochs=1)
     with pytest.raises(TrainingError, match="intensity"):
         Trainer(cfg).fit()
+
+
+def test_axial_rotation_turns_image_and_mask_together():
+    """rot90_prob=1 gives the plain crop turned in the axial plane (S kept), image and mask alike;
+    rot90_prob=0 draws nothing extra from the generator (older runs reproduce)."""
+    from napari_msam.training.data import rotate_axial
+
+    img, lab, sp = blob_case(3)
+    pre = PreprocessConfig(spacing_mm=(3.0, 3.0, 3.0), normalization="zscore_positive")
+    (pc,) = prepare_cases([array_case(img, lab, sp)], pre, img_size=16, max_jitter=2)
+    plain = sample_crop(pc, 16, np.random.default_rng(5), preprocess=pre, jitter=2, flips=True)
+    off = sample_crop(pc, 16, np.random.default_rng(5), preprocess=pre, jitter=2, flips=True, rot90_prob=0.0)
+    assert np.array_equal(plain[0], off[0]) and np.array_equal(plain[1], off[1])
+    for seed in range(4):
+        base = sample_crop(pc, 16, np.random.default_rng(seed), preprocess=pre, jitter=2, flips=True)
+        rot = sample_crop(pc, 16, np.random.default_rng(seed), preprocess=pre, jitter=2, flips=True,
+                          rot90_prob=1.0)
+        assert np.array_equal(rot[0], np.swapaxes(base[0], 1, 2))
+        assert np.array_equal(rot[1], np.swapaxes(base[1], 1, 2))
+    a = np.arange(24).reshape(2, 3, 4)
+    assert rotate_axial(a, "SPL").shape == (2, 4, 3)
+    assert rotate_axial(a, "LPS").shape == (3, 2, 4)  # S last: the first two axes turn
+
+
+def test_rot90_prob_out_of_range_is_refused(tmp_path):
+    from napari_msam.training.trainer import TrainConfig, Trainer, TrainingError
+
+    cfg = TrainConfig(data=[str(tmp_path)], out_dir=str(tmp_path / "out"), model_config="msam-tiny",
+                      rot90_prob=-0.1, epochs=1)
+    with pytest.raises(TrainingError, match="rot90"):
+        Trainer(cfg).fit()

@@ -76,6 +76,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--zoom-prob", type=float, default=0.5, help="share of zoomed-out crops (with --zoom)")
     parser.add_argument("--intensity-aug", type=float, default=0.0, metavar="P",
                         help="share of training crops with random contrast, brightness and noise (0: off)")
+    parser.add_argument("--rot90", type=float, default=0.0, metavar="P",
+                        help="share of training crops turned 90 degrees in the axial plane (0: off)")
     parser.add_argument("--seed", type=int, default=2023)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -105,6 +107,7 @@ def config_from_args(args: argparse.Namespace):
         click_strategy=args.click_strategy, multi_click=args.multi_click, dice_weight=args.dice_weight,
         bce_weight=args.bce_weight, jitter=args.jitter, flips=not args.no_flips, click_centre_prob=args.click_centre_prob,
         max_zoom=args.zoom, zoom_prob=args.zoom_prob, intensity_prob=args.intensity_aug,
+        rot90_prob=args.rot90,
         click_prior_radius=args.click_prior[0] if args.click_prior else None,
         click_prior_value=args.click_prior[1] if args.click_prior else None, val_every=args.val_every,
         seed=args.seed, device=args.device, num_threads=args.threads, amp=not args.no_amp, cpu_bf16=args.cpu_bf16,

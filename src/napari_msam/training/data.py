@@ -488,6 +488,7 @@ def sample_crop(
     click_centre_prob: float = 0.0,
     zoom: float = 1.0,
     intensity_prob: float = 0.0,
+    rot90_prob: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One model input: ROI around the tumour centre (+ jitter) via ``prepare_roi``, then random flips.
 
@@ -497,6 +498,9 @@ def sample_crop(
     With probability ``click_centre_prob`` the ROI is centred on a random tumour voxel instead: that is
     where the Session centres its ROI at inference (on the object's first click), so the model must also
     see tumours that sit off-centre or are cut by the ROI border.
+
+    With probability ``rot90_prob`` the crop is also turned 90 degrees in the axial plane
+    (``rotate_axial``); with the flips that gives all eight axial orientations.
 
     With probability ``intensity_prob`` the normalised image also gets ``augment_intensity``.
 
@@ -539,9 +543,24 @@ def sample_crop(
             if rng.random() < 0.5:
                 img = np.flip(img, ax)
                 gt = np.flip(gt, ax)
+    if rot90_prob > 0 and rng.random() < rot90_prob:
+        img, gt = rotate_axial(img, order), rotate_axial(gt, order)
     if intensity_prob > 0 and rng.random() < intensity_prob:
         img = augment_intensity(img, rng)
     return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(gt)
+
+
+def rotate_axial(a: np.ndarray, axis_order: str = "SPL") -> np.ndarray:
+    """``a`` turned 90 degrees in the axial plane (the two axes other than S are swapped).
+
+    Why: 20 training patients show each tumour in one orientation only; a turned crop is a new, equally
+    plausible view (limbs and trunk lie at any angle in the axial plane), while the head-foot axis, along
+    which sarcomas grow and MR slices are thickest, keeps its meaning. The model grid is isotropic, so the
+    swap needs no resampling.
+    """
+    s_axis = axis_order.upper().index("S") if "S" in axis_order.upper() else 0
+    a1, a2 = (ax for ax in range(3) if ax != s_axis)
+    return np.swapaxes(a, a1, a2)
 
 
 def augment_intensity(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

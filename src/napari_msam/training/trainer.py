@@ -84,6 +84,7 @@ class TrainConfig:
     max_zoom: float | None = None
     zoom_prob: float = 0.5  # share of training crops drawn zoomed out
     intensity_prob: float = 0.0  # share of training crops with contrast / brightness / noise (augment_intensity)
+    rot90_prob: float = 0.0  # share of training crops turned 90 degrees in the axial plane (rotate_axial)
     min_fg: int = 10
     val_every: int = 1
     seed: int = 2023
@@ -321,7 +322,8 @@ class Trainer:
             zoom = self.roi_zoom.sample(rng) if (flips and self.roi_zoom is not None) else 1.0
             im, gt = sample_crop(cases[i], img_size, rng, preprocess=self.preprocess, jitter=jitter, flips=flips,
                                  min_fg=cfg.min_fg, click_centre_prob=cfg.click_centre_prob if flips else 0.0,
-                                 zoom=zoom, intensity_prob=cfg.intensity_prob if flips else 0.0)
+                                 zoom=zoom, intensity_prob=cfg.intensity_prob if flips else 0.0,
+                                 rot90_prob=cfg.rot90_prob if flips else 0.0)
             imgs.append(im)
             gts.append(gt)
         x = torch.from_numpy(np.stack(imgs)[:, None]).to(device)
@@ -484,6 +486,8 @@ class Trainer:
             raise TrainingError("batch_size, accumulation, clicks and epochs must all be >= 1")
         if cfg.max_zoom is not None and not (1.0 <= cfg.max_zoom <= 8.0):
             raise TrainingError(f"max_zoom (--zoom) must be in [1, 8], got {cfg.max_zoom}")
+        if not (0.0 <= cfg.rot90_prob <= 1.0):
+            raise TrainingError(f"rot90_prob (--rot90) must be in [0, 1], got {cfg.rot90_prob}")
         if not (0.0 <= cfg.intensity_prob <= 1.0):
             raise TrainingError(f"intensity_prob (--intensity-aug) must be in [0, 1], got {cfg.intensity_prob}")
         if not (0.0 <= cfg.zoom_prob <= 1.0):
