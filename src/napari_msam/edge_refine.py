@@ -5,8 +5,8 @@ clicks. A random walker (Grady 2006, scikit-image) on the native grid, seeded wi
 interior and exterior (voxels farther than ``band_mm`` from the model's boundary) and with a ball around
 every click, re-decides the band in between along image edges, and a click always wins over the model
 near it. Measured on the 6 validation patients (docs/model-card.md): on MR, Dice@10 with random clicks
-rises from 0.74 to 0.76 with the shipped model (0.68 to 0.73 with an earlier one); on CT the soft-tissue edges are weak and it does not help, so the Session's
-``"auto"`` mode refines MR only.
+rises from 0.72 to 0.78 with the shipped model (0.68 to 0.73 and 0.74 to 0.76 with earlier ones); on CT
+the soft-tissue edges are weak and it does not help, so the Session's ``"auto"`` mode refines MR only.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
             raise TrainingError(f"non-float tensor {key} differs between the checkpoints")
     model = first.model
     model.load_state_dict(mean)
-    meta = {k: v for k, v in first.metadata.items() if k not in ("as_msam",)}
+    meta = dict(first.metadata)
     meta["averaged_from"] = [{"file": p.name, "sha256": _sha(p),
                               "global_step": lm.metadata.get("global_step")} for p, lm in zip(srcs, loaded,
                                                                                               strict=True)]
