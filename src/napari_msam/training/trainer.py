@@ -486,12 +486,11 @@ class Trainer:
             raise TrainingError("batch_size, accumulation, clicks and epochs must all be >= 1")
         if cfg.max_zoom is not None and not (1.0 <= cfg.max_zoom <= 8.0):
             raise TrainingError(f"max_zoom (--zoom) must be in [1, 8], got {cfg.max_zoom}")
-        if not (0.0 <= cfg.rot90_prob <= 1.0):
-            raise TrainingError(f"rot90_prob (--rot90) must be in [0, 1], got {cfg.rot90_prob}")
-        if not (0.0 <= cfg.intensity_prob <= 1.0):
-            raise TrainingError(f"intensity_prob (--intensity-aug) must be in [0, 1], got {cfg.intensity_prob}")
-        if not (0.0 <= cfg.zoom_prob <= 1.0):
-            raise TrainingError(f"zoom_prob (--zoom-prob) must be in [0, 1], got {cfg.zoom_prob}")
+        for name, flag in (("rot90_prob", "--rot90"), ("intensity_prob", "--intensity-aug"),
+                           ("zoom_prob", "--zoom-prob")):
+            value = getattr(cfg, name)
+            if not (0.0 <= value <= 1.0):
+                raise TrainingError(f"{name} ({flag}) must be in [0, 1], got {value}")
         device = _resolve_device(cfg.device, info)
         if cfg.num_threads:
             torch.set_num_threads(int(cfg.num_threads))
