@@ -181,3 +181,51 @@ def test_rot90_prob_out_of_range_is_refused(tmp_path):
                       rot90_prob=-0.1, epochs=1)
     with pytest.raises(TrainingError, match="rot90"):
         Trainer(cfg).fit()
+
+
+def test_in_plane_rotation_turns_the_centre_cube():
+    """rotate_in_plane: 0 degrees is the exact centre cube, 90 degrees equals the axes swap of rot90 (up to
+    the turn's sense), a 30 degree turn keeps the S axis and the mask's size; the crop samples real tissue
+    in the corners (a wider ROI), and rotate_prob=0 draws nothing extra from the generator."""
+    from napari_msam.training.data import rotate_in_plane, rotation_support
+
+    rng = np.random.default_rng(0)
+    big, n = 24, 16
+    img = rng.random((big, big, big), dtype=np.float32)
+    gt = np.zeros((big, big, big), bool)
+    gt[6:14, 9:12, 4:20] = True  # a bar along L, off-centre in S and P
+    o = (big - n) // 2
+    c_img, c_gt = img[o:o + n, o:o + n, o:o + n], gt[o:o + n, o:o + n, o:o + n]
+    r_img, r_gt = rotate_in_plane(img, gt, 0.0, n)
+    assert np.allclose(r_img, c_img, atol=1e-5) and np.array_equal(r_gt, c_gt)
+    r_img, r_gt = rotate_in_plane(img, gt, 90.0, n)
+    turned = [np.swapaxes(c_gt, 1, 2)[:, ::-1], np.swapaxes(c_gt, 1, 2)[:, :, ::-1]]
+    assert any(np.array_equal(r_gt, t) for t in turned)
+    r_img, r_gt = rotate_in_plane(img, gt, 30.0, n)
+    assert np.array_equal(r_gt.any(axis=(1, 2)), c_gt.any(axis=(1, 2)))  # S extent unchanged
+    assert r_gt.sum() == pytest.approx(c_gt.sum(), rel=0.25)
+    assert rotation_support(64, 30.0) >= 64 * (np.cos(np.pi / 6) + np.sin(np.pi / 6))
+    assert rotation_support(64, 0.0) == 66
+
+    img3, lab3, sp3 = blob_case(3)
+    pre = PreprocessConfig(spacing_mm=(3.0, 3.0, 3.0), normalization="zscore_positive")
+    (pc,) = prepare_cases([array_case(img3, lab3, sp3)], pre, img_size=16, max_jitter=2)
+    plain = sample_crop(pc, 16, np.random.default_rng(5), preprocess=pre, jitter=2, flips=True)
+    off = sample_crop(pc, 16, np.random.default_rng(5), preprocess=pre, jitter=2, flips=True, rotate_prob=0.0,
+                      rotate_max_deg=30.0)
+    assert np.array_equal(plain[0], off[0]) and np.array_equal(plain[1], off[1])
+    turned = sample_crop(pc, 16, np.random.default_rng(5), preprocess=pre, jitter=2, flips=True,
+                         rotate_prob=1.0, rotate_max_deg=30.0)
+    assert turned[0].shape == (16, 16, 16) and turned[1].dtype == bool
+    assert not np.array_equal(turned[0], plain[0])
+    assert abs(int(turned[1].sum()) - int(plain[1].sum())) <= 0.3 * plain[1].sum()
+
+
+def test_rotate_options_out_of_range_are_refused(tmp_path):
+    from napari_msam.training.trainer import TrainConfig, Trainer, TrainingError
+
+    for kw, match in (({"rotate_prob": 1.5}, "rotate_prob"), ({"rotate_max_deg": 60.0}, "rotate-deg")):
+        cfg = TrainConfig(data=[str(tmp_path)], out_dir=str(tmp_path / "out"), model_config="msam-tiny",
+                          epochs=1, **kw)
+        with pytest.raises(TrainingError, match=match):
+            Trainer(cfg).fit()

@@ -78,6 +78,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="share of training crops with random contrast, brightness and noise (0: off)")
     parser.add_argument("--rot90", type=float, default=0.0, metavar="P",
                         help="share of training crops turned 90 degrees in the axial plane (0: off)")
+    parser.add_argument("--rotate", type=float, default=0.0, metavar="P",
+                        help="share of training crops turned by a random angle in the axial plane (0: off)")
+    parser.add_argument("--rotate-deg", type=float, default=30.0, metavar="A",
+                        help="largest angle of --rotate, degrees (0-45; default 30)")
     parser.add_argument("--seed", type=int, default=2023)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -108,6 +112,8 @@ def config_from_args(args: argparse.Namespace):
         bce_weight=args.bce_weight, jitter=args.jitter, flips=not args.no_flips, click_centre_prob=args.click_centre_prob,
         max_zoom=args.zoom, zoom_prob=args.zoom_prob, intensity_prob=args.intensity_aug,
         rot90_prob=args.rot90,
+        rotate_prob=args.rotate,
+        rotate_max_deg=args.rotate_deg,
         click_prior_radius=args.click_prior[0] if args.click_prior else None,
         click_prior_value=args.click_prior[1] if args.click_prior else None, val_every=args.val_every,
         seed=args.seed, device=args.device, num_threads=args.threads, amp=not args.no_amp, cpu_bf16=args.cpu_bf16,

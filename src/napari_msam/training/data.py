@@ -489,6 +489,8 @@ def sample_crop(
     zoom: float = 1.0,
     intensity_prob: float = 0.0,
     rot90_prob: float = 0.0,
+    rotate_prob: float = 0.0,
+    rotate_max_deg: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One model input: ROI around the tumour centre (+ jitter) via ``prepare_roi``, then random flips.
 
@@ -501,6 +503,10 @@ def sample_crop(
 
     With probability ``rot90_prob`` the crop is also turned 90 degrees in the axial plane
     (``rotate_axial``); with the flips that gives all eight axial orientations.
+
+    With probability ``rotate_prob`` the crop is turned by an angle drawn uniformly from
+    +-``rotate_max_deg`` degrees in the axial plane (``rotate_in_plane``): a wider ROI is sampled and the
+    turned centre cube kept, so the corners hold real tissue, not padding.
 
     With probability ``intensity_prob`` the normalised image also gets ``augment_intensity``.
 
@@ -536,8 +542,17 @@ def sample_crop(
                 geo, gt = g2, gt2
                 break
     modality = _MODALITY_FOR_PREPROCESS.get(case.modality, "other")
-    roi = prepare_roi(case.image, sp, geo.center, _PP(preprocess), img_size, modality, geometry=geo)
+    angle = 0.0
+    if rotate_prob > 0 and rotate_max_deg > 0 and rng.random() < rotate_prob:
+        angle = float(rng.uniform(-rotate_max_deg, rotate_max_deg))
+    if angle != 0.0:
+        big = rotation_support(img_size, angle)
+        geo = _grown(geo, big)
+        gt = prepare_label_roi(lab_u8, geo)[0, 0].numpy() > 0
+    roi = prepare_roi(case.image, sp, geo.center, _PP(preprocess), geo.size, modality, geometry=geo)
     img = roi.image[0, 0].numpy()
+    if angle != 0.0:
+        img, gt = rotate_in_plane(img, gt, angle, img_size, order)
     if flips:
         for ax in range(3):
             if rng.random() < 0.5:
@@ -561,6 +576,49 @@ def rotate_axial(a: np.ndarray, axis_order: str = "SPL") -> np.ndarray:
     s_axis = axis_order.upper().index("S") if "S" in axis_order.upper() else 0
     a1, a2 = (ax for ax in range(3) if ax != s_axis)
     return np.swapaxes(a, a1, a2)
+
+
+def rotation_support(img_size: int, angle_deg: float) -> int:
+    """Side of the cube whose centre ``img_size`` cube, turned by ``angle_deg``, stays inside it."""
+    t = math.radians(abs(angle_deg))
+    return int(math.ceil(img_size * (abs(math.cos(t)) + abs(math.sin(t))))) + 2
+
+
+def _grown(geo, size: int):
+    """``geo`` with the same centre and step but ``size`` voxels a side."""
+    from napari_msam.preprocess import RoiGeometry
+
+    d = (size - geo.size) / 2
+    start = tuple(float(s) - d * float(st) for s, st in zip(geo.start, geo.step, strict=True))
+    return RoiGeometry(start=start, step=geo.step, size=int(size), native_shape=geo.native_shape,  # type: ignore[arg-type]
+                       axis_order=geo.axis_order)
+
+
+def rotate_in_plane(img: np.ndarray, gt: np.ndarray, angle_deg: float, img_size: int,
+                    axis_order: str = "SPL") -> tuple[np.ndarray, np.ndarray]:
+    """The centre ``img_size`` cube of ``img`` / ``gt`` turned by ``angle_deg`` about the S axis.
+
+    Trilinear for the image, trilinear then > 0.5 for the mask. Why: rot90 gives four axial angles; limbs
+    and trunk lie at any angle in between, and the network sees a tumour's outline from more directions.
+    """
+    import torch
+
+    s_axis = axis_order.upper().index("S") if "S" in axis_order.upper() else 0
+    big = img.shape[0]
+    t = math.radians(angle_deg)
+    c, s_ = math.cos(t), math.sin(t)
+    # affine_grid works in (x, y, z) = (dim 2, dim 1, dim 0) of a (D, H, W) volume
+    grid_axis = {0: 2, 1: 1, 2: 0}
+    a1, a2 = (grid_axis[ax] for ax in range(3) if ax != s_axis)
+    rot = torch.eye(3, dtype=torch.float64)
+    rot[a1, a1], rot[a1, a2], rot[a2, a1], rot[a2, a2] = c, -s_, s_, c
+    theta = torch.zeros(1, 3, 4, dtype=torch.float64)
+    theta[0, :, :3] = rot * (img_size / big)
+    grid = torch.nn.functional.affine_grid(theta.float(), [1, 1, img_size, img_size, img_size], align_corners=False)
+    stack = torch.from_numpy(np.stack([np.ascontiguousarray(img, dtype=np.float32),
+                                       np.ascontiguousarray(gt, dtype=np.float32)])[None])
+    out = torch.nn.functional.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, 0].numpy(), out[0, 1].numpy() > 0.5
 
 
 def augment_intensity(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

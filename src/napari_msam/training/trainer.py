@@ -85,6 +85,8 @@ class TrainConfig:
     zoom_prob: float = 0.5  # share of training crops drawn zoomed out
     intensity_prob: float = 0.0  # share of training crops with contrast / brightness / noise (augment_intensity)
     rot90_prob: float = 0.0  # share of training crops turned 90 degrees in the axial plane (rotate_axial)
+    rotate_prob: float = 0.0  # share of training crops turned by a random angle (rotate_in_plane)
+    rotate_max_deg: float = 30.0  # ... drawn uniformly from +- this many degrees
     min_fg: int = 10
     val_every: int = 1
     seed: int = 2023
@@ -323,7 +325,8 @@ class Trainer:
             im, gt = sample_crop(cases[i], img_size, rng, preprocess=self.preprocess, jitter=jitter, flips=flips,
                                  min_fg=cfg.min_fg, click_centre_prob=cfg.click_centre_prob if flips else 0.0,
                                  zoom=zoom, intensity_prob=cfg.intensity_prob if flips else 0.0,
-                                 rot90_prob=cfg.rot90_prob if flips else 0.0)
+                                 rot90_prob=cfg.rot90_prob if flips else 0.0,
+                                 rotate_prob=cfg.rotate_prob if flips else 0.0, rotate_max_deg=cfg.rotate_max_deg)
             imgs.append(im)
             gts.append(gt)
         x = torch.from_numpy(np.stack(imgs)[:, None]).to(device)
@@ -486,8 +489,10 @@ class Trainer:
             raise TrainingError("batch_size, accumulation, clicks and epochs must all be >= 1")
         if cfg.max_zoom is not None and not (1.0 <= cfg.max_zoom <= 8.0):
             raise TrainingError(f"max_zoom (--zoom) must be in [1, 8], got {cfg.max_zoom}")
-        for name, flag in (("rot90_prob", "--rot90"), ("intensity_prob", "--intensity-aug"),
-                           ("zoom_prob", "--zoom-prob")):
+        if not (0.0 <= cfg.rotate_max_deg <= 45.0):
+            raise TrainingError(f"rotate_max_deg (--rotate-deg) must be in [0, 45], got {cfg.rotate_max_deg}")
+        for name, flag in (("rot90_prob", "--rot90"), ("rotate_prob", "--rotate"),
+                           ("intensity_prob", "--intensity-aug"), ("zoom_prob", "--zoom-prob")):
             value = getattr(cfg, name)
             if not (0.0 <= value <= 1.0):
                 raise TrainingError(f"{name} ({flag}) must be in [0, 1], got {value}")
