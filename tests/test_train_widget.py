@@ -72,3 +72,17 @@ def test_cancel_and_errors(widget, qtbot):
     widget.labels_combo.clear()
     widget.start()
     assert not widget.running and "choose a 3-D image layer" in widget.status.text()
+
+
+def test_folder_source_passes_the_validation_protocol(widget, tmp_path):
+    from napari_msam.widgets.train import SOURCE_FOLDER, SOURCE_LAYERS
+
+    widget.source_combo.setCurrentText(SOURCE_FOLDER)
+    widget.data_dir.setText(str(tmp_path))
+    widget.val_patients.setText("STS_003, STS_008")
+    assert widget.val_protocol.isEnabled()
+    widget.val_protocol.setCurrentText("session")
+    cfg = widget.build_config()
+    assert cfg.val_patients == ("STS_003", "STS_008") and cfg.val_protocol == "session"
+    widget.source_combo.setCurrentText(SOURCE_LAYERS)
+    assert not widget.val_protocol.isEnabled()  # one layer: nothing to validate on

@@ -152,3 +152,30 @@ def test_zoom_augmentation_is_recorded_and_inherited(tmp_path):
     assert "roi_zoom" not in load_checkpoint(str(off.last_path)).metadata
     with pytest.raises(TrainingError, match="max_zoom"):
         Trainer(_blob_cfg(tmp_path / "bad", max_zoom=0.5)).fit()
+
+
+def test_session_validation_is_the_auto_protocol_on_the_saved_weights(tmp_path):
+    """val_protocol="session" scores each validation case with a Session and run_protocol: replaying the
+    protocol on the saved last checkpoint gives the recorded per-click Dice, and it picks best.safetensors."""
+    from napari_msam.evaluation import run_protocol
+    from napari_msam.session import Session
+    from napari_msam.training.data import prepare_cases
+
+    cfg = _blob_cfg(tmp_path / "s", epochs=1, val_protocol="session", val_clicks=3, val_seeds=2)
+    res = Trainer(cfg).fit()
+    rec = res.history["epochs"][-1]
+    assert len(rec["val_dice"]) == 3 and all(0.0 <= d <= 1.0 for d in rec["val_dice"])
+    assert rec["val_loss"] == pytest.approx(1.0 - np.mean(rec["val_dice"]))
+
+    loaded = load_checkpoint(res.last_path)
+    (val_case,) = prepare_cases([cfg.cases[2]], loaded.preprocess, img_size=loaded.config.img_size, max_jitter=2)
+    session = Session(loaded, "cpu", edge_refine="off")
+    session.set_image(val_case.image, loaded.preprocess.spacing_mm, "other")
+    replay = []
+    for seed in range(2):
+        d = [r.dice for r in run_protocol(session, val_case.label, 3, "random", seed=cfg.seed + 1000 * seed).records]
+        replay.append(d + [d[-1]] * (3 - len(d)))
+    assert np.allclose(np.mean(replay, 0), rec["val_dice"], atol=1e-6)
+
+    with pytest.raises(TrainingError, match="val_protocol"):
+        Trainer(_blob_cfg(tmp_path / "bad", val_protocol="auto")).fit()

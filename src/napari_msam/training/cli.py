@@ -46,6 +46,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--grad-clip", type=float, default=None)
     parser.add_argument("--clicks", type=int, default=11, help="click iterations per sample (reference: 11)")
     parser.add_argument("--val-clicks", type=int, default=None)
+    parser.add_argument("--val-protocol", choices=["crops", "session"], default="crops",
+                        help="validation: the training interaction on tumour-centred crops (crops, default) or "
+                             "the Auto protocol through the Session (session; picks best.safetensors the way "
+                             "users are served; about 1 min for 12 cases on one CPU thread)")
+    parser.add_argument("--val-seeds", type=int, default=1, help="click seeds per case for --val-protocol session")
     parser.add_argument("--click-strategy", default="random", choices=["random", "center"])
     parser.add_argument("--multi-click", action="store_true", help="feed all clicks, not only the newest")
     parser.add_argument("--dice-weight", type=float, default=0.5)
@@ -108,6 +113,7 @@ def config_from_args(args: argparse.Namespace):
         accumulation=args.accumulation, lr=args.lr, weight_decay=args.weight_decay,
         decoder_lr_factor=args.decoder_lr_factor, milestones=tuple(args.milestones or ()), gamma=args.gamma,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, clicks=args.clicks, val_clicks=args.val_clicks,
+        val_protocol=args.val_protocol, val_seeds=args.val_seeds,
         click_strategy=args.click_strategy, multi_click=args.multi_click, dice_weight=args.dice_weight,
         bce_weight=args.bce_weight, jitter=args.jitter, flips=not args.no_flips, click_centre_prob=args.click_centre_prob,
         max_zoom=args.zoom, zoom_prob=args.zoom_prob, intensity_prob=args.intensity_aug,

@@ -70,6 +70,10 @@ class TrainConfig:
     grad_clip: float | None = None
     clicks: int = 11
     val_clicks: int | None = None  # None = clicks
+    # "crops": the training interaction on tumour-centred crops at zoom 1 (fast, reference-like);
+    # "session": the Auto protocol through the Session (ROI at a random first click, zoom, paste-back)
+    val_protocol: str = "crops"
+    val_seeds: int = 1  # click seeds per case for val_protocol="session"
     click_strategy: str = "random"
     multi_click: bool = False  # reference: only the newest click is fed
     dice_weight: float = 0.5
@@ -343,6 +347,8 @@ class Trainer:
         cfg = self.config
         if not val:
             return None
+        if cfg.val_protocol == "session":
+            return self._validate_session(model, val, device, info)
         n_clicks = cfg.val_clicks or cfg.clicks
         sums = [0.0] * n_clicks
         loss_sum = 0.0
@@ -367,6 +373,51 @@ class Trainer:
         if count == 0:
             return None
         return [s / count for s in tot[:n_clicks]], tot[n_clicks] / count
+
+    def _validate_session(self, model, val: Sequence[PreparedCase], device: str,
+                          info: D.DistInfo) -> tuple[list[float], float] | None:
+        """Validation by the Auto protocol: a ``Session`` on each validation case (at the model's spacing, as
+        cached), random clicks, network alone (no edge refinement); Dice per click averaged over cases.
+
+        Why: the crop validation (tumour-centred, zoom 1) ranked the session-8 checkpoints opposite to the
+        Auto protocol on the same patients (docs/model-card.md), so it cannot pick what users get. The
+        Session adds the parts the crops leave out: a first click anywhere in the tumour, re-centring and
+        zoom-out for large tumours, paste-back. The val "loss" is 1 - mean Dice (there is no loss here).
+        """
+        from napari_msam.evaluation import run_protocol
+        from napari_msam.model.weights import LoadedModel
+        from napari_msam.session import Session
+        from napari_msam.training.data import _MODALITY_FOR_PREPROCESS
+
+        cfg = self.config
+        n_clicks = cfg.val_clicks or cfg.clicks
+        loaded = LoadedModel(model=model, config=model.config, preprocess=self.preprocess,
+                             metadata=self._metadata(0, 0, 0, None))
+        spacing = tuple(float(v) for v in self.preprocess.spacing_mm)
+        sums = [0.0] * n_clicks
+        count = 0
+        was_training = model.training
+        try:
+            session = Session(loaded, device, edge_refine="off")
+            for j in D.shard(list(range(len(val))), info):
+                case = val[j]
+                session.set_image(case.image, spacing, _MODALITY_FOR_PREPROCESS.get(case.modality, "other"))
+                for seed in range(max(1, int(cfg.val_seeds))):
+                    res = run_protocol(session, case.label, n_clicks, "random", seed=cfg.seed + 1000 * seed + j)
+                    dice = [r.dice for r in res.records]
+                    dice += [dice[-1]] * (n_clicks - len(dice))  # a perfect mask stops early: it carries on
+                    for k in range(n_clicks):
+                        sums[k] += dice[k]
+                    count += 1
+        finally:
+            model.to(device)  # the Session moves the model to the CPU after a CUDA out-of-memory
+            model.train(was_training)
+        tot = D.all_reduce_sum(sums + [float(count)], info)
+        count = tot[-1]
+        if count == 0:
+            return None
+        per_click = [v / count for v in tot[:n_clicks]]
+        return per_click, 1.0 - float(np.mean(per_click))
 
     def _inherit_click_prior(self, metadata) -> None:
         """Fine-tuning keeps the init checkpoint's click prior unless one was given: dropping it silently
@@ -489,6 +540,10 @@ class Trainer:
             raise TrainingError("batch_size, accumulation, clicks and epochs must all be >= 1")
         if cfg.max_zoom is not None and not (1.0 <= cfg.max_zoom <= 8.0):
             raise TrainingError(f"max_zoom (--zoom) must be in [1, 8], got {cfg.max_zoom}")
+        if cfg.val_protocol not in ("crops", "session"):
+            raise TrainingError(f"val_protocol (--val-protocol) must be 'crops' or 'session', got {cfg.val_protocol!r}")
+        if cfg.val_seeds < 1:
+            raise TrainingError(f"val_seeds (--val-seeds) must be >= 1, got {cfg.val_seeds}")
         if not (0.0 <= cfg.rotate_max_deg <= 45.0):
             raise TrainingError(f"rotate_max_deg (--rotate-deg) must be in [0, 45], got {cfg.rotate_max_deg}")
         for name, flag in (("rot90_prob", "--rot90"), ("rotate_prob", "--rotate"),

@@ -109,6 +109,16 @@ class TrainWidget(QWidget):
         self.val_patients = QLineEdit()
         self.val_patients.setPlaceholderText("e.g. STS_003 STS_008 (empty: no validation)")
         f.addRow("Validation patients", self.val_patients)
+        self.val_protocol = QComboBox()
+        self.val_protocol.addItems(["crops", "session"])
+        self.val_protocol.setToolTip(
+            "How validation scores a checkpoint (and so which one becomes best.safetensors):\n"
+            "crops: the training loop on tumour-centred crops (fast);\n"
+            "session: the Auto protocol through the same Session you click with (first click anywhere in the\n"
+            "tumour, zoom-out, paste-back; about 1 min per 12 cases). Crops ranked the session-8 checkpoints\n"
+            "opposite to the Auto protocol (docs/model-card.md)."
+        )
+        f.addRow("Validate with", self.val_protocol)
         root.addWidget(data)
 
         model = QGroupBox("Model and output")
@@ -224,6 +234,7 @@ class TrainWidget(QWidget):
         for w in (self.image_combo, self.labels_combo, self.modality_combo):
             w.setEnabled(not folder)
         self.val_patients.setEnabled(folder)
+        self.val_protocol.setEnabled(folder)
 
     @property
     def running(self) -> bool:
@@ -262,7 +273,7 @@ class TrainWidget(QWidget):
             label_id=self.label_id.value() or None, val_patients=val, epochs=self.epochs.value(),
             steps_per_epoch=self.steps.value() or None, clicks=self.clicks.value(),
             batch_size=self.batch.value(), lr=self.lr.value(), device=self.device_combo.currentText(),
-            resume=self.resume.isChecked(),
+            resume=self.resume.isChecked(), val_protocol=self.val_protocol.currentText(),
         )
 
     # ------------------------------------------------------------------ run
