@@ -546,8 +546,7 @@ def sample_crop(
     if rotate_prob > 0 and rotate_max_deg > 0 and rng.random() < rotate_prob:
         angle = float(rng.uniform(-rotate_max_deg, rotate_max_deg))
     if angle != 0.0:
-        big = rotation_support(img_size, angle)
-        geo = _grown(geo, big)
+        geo = roi_geometry(shape, sp, geo.center, roi_sp, rotation_support(img_size, angle), order)  # same centre, wider
         gt = prepare_label_roi(lab_u8, geo)[0, 0].numpy() > 0
     roi = prepare_roi(case.image, sp, geo.center, _PP(preprocess), geo.size, modality, geometry=geo)
     img = roi.image[0, 0].numpy()
@@ -582,16 +581,6 @@ def rotation_support(img_size: int, angle_deg: float) -> int:
     """Side of the cube whose centre ``img_size`` cube, turned by ``angle_deg``, stays inside it."""
     t = math.radians(abs(angle_deg))
     return int(math.ceil(img_size * (abs(math.cos(t)) + abs(math.sin(t))))) + 2
-
-
-def _grown(geo, size: int):
-    """``geo`` with the same centre and step but ``size`` voxels a side."""
-    from napari_msam.preprocess import RoiGeometry
-
-    d = (size - geo.size) / 2
-    start = tuple(float(s) - d * float(st) for s, st in zip(geo.start, geo.step, strict=True))
-    return RoiGeometry(start=start, step=geo.step, size=int(size), native_shape=geo.native_shape,  # type: ignore[arg-type]
-                       axis_order=geo.axis_order)
 
 
 def rotate_in_plane(img: np.ndarray, gt: np.ndarray, angle_deg: float, img_size: int,

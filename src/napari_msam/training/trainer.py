@@ -379,8 +379,8 @@ class Trainer:
         """Validation by the Auto protocol: a ``Session`` on each validation case (at the model's spacing, as
         cached), random clicks, network alone (no edge refinement); Dice per click averaged over cases.
 
-        Why: the crop validation (tumour-centred, zoom 1) ranked the session-8 checkpoints opposite to the
-        Auto protocol on the same patients (docs/model-card.md), so it cannot pick what users get. The
+        Why: the crop validation (tumour-centred, zoom 1) ranked the session-8 rotation runs above stage 9,
+        the Auto protocol below it (docs/model-card.md), so it cannot pick what users get. The
         Session adds the parts the crops leave out: a first click anywhere in the tumour, re-centring and
         zoom-out for large tumours, paste-back. The val "loss" is 1 - mean Dice (there is no loss here).
         """

@@ -115,8 +115,8 @@ class TrainWidget(QWidget):
             "How validation scores a checkpoint (and so which one becomes best.safetensors):\n"
             "crops: the training loop on tumour-centred crops (fast);\n"
             "session: the Auto protocol through the same Session you click with (first click anywhere in the\n"
-            "tumour, zoom-out, paste-back; about 1 min per 12 cases). Crops ranked the session-8 checkpoints\n"
-            "opposite to the Auto protocol (docs/model-card.md)."
+            "tumour, zoom-out, paste-back; about 1 min per 12 cases). Crops ranked the session-8 rotation\n"
+            "runs above the shipped model, the Auto protocol below it (docs/model-card.md)."
         )
         f.addRow("Validate with", self.val_protocol)
         root.addWidget(data)
