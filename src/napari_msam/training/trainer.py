@@ -402,7 +402,7 @@ class Trainer:
             for j in D.shard(list(range(len(val))), info):
                 case = val[j]
                 session.set_image(case.image, spacing, _MODALITY_FOR_PREPROCESS.get(case.modality, "other"))
-                for seed in range(max(1, int(cfg.val_seeds))):
+                for seed in range(cfg.val_seeds):  # >= 1, checked in _fit
                     res = run_protocol(session, case.label, n_clicks, "random", seed=cfg.seed + 1000 * seed + j)
                     dice = [r.dice for r in res.records]
                     dice += [dice[-1]] * (n_clicks - len(dice))  # a perfect mask stops early: it carries on
