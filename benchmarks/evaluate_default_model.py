@@ -408,6 +408,16 @@ def per_case_table(records: Sequence[dict], methods: Sequence[str], n_clicks: in
     return out
 
 
+def patients_label(patients: Sequence[str]) -> str:
+    """What the evaluated patients are: the training's validation split, or patients given by hand (the
+    training patients, say), so that a report never calls training patients validation patients."""
+    if sorted(patients) == sorted(VAL_PATIENTS):
+        return "Validation patients"
+    if not set(patients) & set(VAL_PATIENTS):
+        return "Patients given with --patients (none of them a validation patient)"
+    return "Patients given with --patients"
+
+
 def report(records: Sequence[dict], methods: Sequence[Method], args, orient: dict, argv: Sequence[str]) -> str:
     n = args.clicks
     names = [m.name for m in methods]
@@ -434,7 +444,7 @@ def report(records: Sequence[dict], methods: Sequence[Method], args, orient: dic
         "negative -> positive click, false positive -> negative click). Strategy "
         f"{', '.join('`' + s + '`' for s in args.strategy)}; seeds {', '.join(map(str, args.seeds))} "
         "(the same seed gives every method the same first click; `center` is deterministic and runs once).",
-        f"* Validation patients: {', '.join(args.patients)}; modalities "
+        f"* {patients_label(args.patients)}: {', '.join(args.patients)}; modalities "
         f"{', '.join(MODALITIES[m] for m in args.modalities)}. Images read with `napari_msam.io.read_volume` "
         "(reoriented to S,P,L, the reader the training used), modality `ct` / `mr`.",
         "* Dice@k: mean over cases of the per-case mean over seeds, ± the standard deviation over cases "
@@ -481,7 +491,7 @@ def report(records: Sequence[dict], methods: Sequence[Method], args, orient: dic
         if "sha256" in m.info:
             det = f"sha256 {m.info['sha256'][:16]}, " + det
         lines.append(f"| `{m.name}` | `{m.source}` | {det} |")
-    for label, patients in (("Validation patients", list(args.patients)),
+    for label, patients in ((patients_label(args.patients), list(args.patients)),
                             (f"Sample case {SAMPLE_PATIENT} (not in training)", [SAMPLE_PATIENT])):
         sel = [r for r in records if r["patient"] in patients]
         if not sel:

@@ -78,10 +78,19 @@ def test_full_run_then_cached(ev, setup, capsys):
     assert "### CT — strategy `random`" in md and "### MR_T1 — strategy `random`" in md
     assert "ahead of the random walker at every click count from 3 on?" in md
     assert "| STS_900 CT | LPS | SPL |" in md and "| STS_901 MR_T1 | LPS | SPL |" in md
+    # patients given by hand are not called validation patients
+    assert "## Patients given with --patients (none of them a validation patient)" in md
+    assert "Validation patients" not in md
     # the second run takes everything from the cache and writes the same CSV
     assert ev.main(_args(root, ckpt)) == 0
     assert "16 runs cached, 0 to run" in capsys.readouterr().out
     assert list(csv.DictReader(open(root / "out.csv"))) == rows
+
+
+def test_patients_label_names_the_split(ev):
+    assert ev.patients_label(list(reversed(ev.VAL_PATIENTS))) == "Validation patients"
+    assert ev.patients_label(["STS_001", "STS_002"]).endswith("(none of them a validation patient)")
+    assert ev.patients_label(["STS_001", "STS_003"]) == "Patients given with --patients"
 
 
 def test_bad_arguments(ev, setup, capsys):
