@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -274,6 +275,16 @@ def _load_own(p: Path, as_msam: bool = False) -> LoadedModel:
         model = _build_loaded(config, _float32(tensors))
     metadata.setdefault("kind", "own")
     return LoadedModel(model, config, preprocess, metadata, str(p))
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """First 16 hex digits of a file's SHA-256: how derived checkpoints (averages, grown models) name
+    their parents in their metadata."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(

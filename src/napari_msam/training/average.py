@@ -8,7 +8,6 @@ can be averaged: anything else would silently change what the Session feeds the 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,21 +19,13 @@ from napari_msam.training.trainer import TrainingError
 _MUST_MATCH = ("click_prior", "roi_zoom", "kind")
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     """Write the element-wise mean of the checkpoints ``paths`` to ``out`` (atomically); returns ``out``.
 
     Refuses fewer than two inputs, an output that is one of the inputs, and checkpoints that differ in
     configuration, preprocessing, click prior or zoom range. Non-float tensors must be equal.
     """
-    from napari_msam.model.weights import load_checkpoint, save_checkpoint
+    from napari_msam.model.weights import checkpoint_digest, load_checkpoint, save_checkpoint
 
     srcs = [Path(p) for p in paths]
     out = Path(out)
@@ -66,7 +57,7 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     model = first.model
     model.load_state_dict(mean)
     meta = dict(first.metadata)
-    meta["averaged_from"] = [{"file": p.name, "sha256": _sha(p),
+    meta["averaged_from"] = [{"file": p.name, "sha256": checkpoint_digest(p),
                               "global_step": lm.metadata.get("global_step")} for p, lm in zip(srcs, loaded,
                                                                                               strict=True)]
     meta["source"] = "napari-msam average"

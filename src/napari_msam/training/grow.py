@@ -10,21 +10,12 @@ the parent's outputs until training moves those weights.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from napari_msam.training.trainer import TrainingError
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def grow_encoder(src: str | Path, out: str | Path, depth: int, name: str | None = None,
@@ -36,7 +27,7 @@ def grow_encoder(src: str | Path, out: str | Path, depth: int, name: str | None 
     name defaults to ``<parent>-d<depth>``, and the metadata records the parent's sha256.
     """
     from napari_msam.model.builder import build_model
-    from napari_msam.model.weights import load_checkpoint, save_checkpoint
+    from napari_msam.model.weights import checkpoint_digest, load_checkpoint, save_checkpoint
 
     src, out = Path(src), Path(out)
     if out.exists() and src.exists() and out.resolve() == src.resolve():
@@ -61,7 +52,7 @@ def grow_encoder(src: str | Path, out: str | Path, depth: int, name: str | None 
                 layer.weight.zero_()
                 layer.bias.zero_()
     meta = dict(parent.metadata)
-    meta["grown_from"] = {"file": src.name, "sha256": _sha(src), "depth": old.depth,
+    meta["grown_from"] = {"file": src.name, "sha256": checkpoint_digest(src), "depth": old.depth,
                           "global_step": parent.metadata.get("global_step")}
     meta["source"] = "napari-msam grow"
     out.parent.mkdir(parents=True, exist_ok=True)
