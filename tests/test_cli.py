@@ -42,7 +42,8 @@ def test_segment_orientation_round_trip(tmp_path, threshold_loaded, monkeypatch,
     p = tmp_path / "img.nii.gz"
     nib.save(nib.Nifti1Image(np.where(ball, 1.0, -1.0).astype(np.float32), LPS), str(p))
     monkeypatch.setattr(cli, "_load_model", lambda args: threshold_loaded)
-    rc = cli.main(["segment", str(p), "-o", str(tmp_path / "m.nii.gz"), "--point", "12,20,9", "--device", "cpu"])
+    rc = cli.main(["segment", str(p), "-o", str(tmp_path / "m.nii.gz"), "--point", "12,20,9", "--device", "cpu",
+                   "--edge-refine", "off"])
     assert rc == 0
     m = nib.load(str(tmp_path / "m.nii.gz"))
     np.testing.assert_array_equal(np.asanyarray(m.dataobj) > 0, ball)
@@ -57,7 +58,7 @@ def test_segment_with_test_time_flips(tmp_path, threshold_loaded, monkeypatch, m
     monkeypatch.setattr(cli, "_load_model", lambda args: threshold_loaded)
     before = threshold_loaded.model.encode_calls
     rc = cli.main(["segment", str(p), "-o", str(tmp_path / "m.nii.gz"), "--point", "8,12,10", "--device", "cpu",
-                   "--tta", "4"])
+                   "--tta", "4", "--edge-refine", "off"])
     assert rc == 0 and threshold_loaded.model.encode_calls - before == 4
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(tmp_path / "m.nii.gz")).dataobj) > 0, ball)
 
@@ -82,7 +83,7 @@ def test_segment_edge_refinement(tmp_path, monkeypatch, make_sphere, mode, modal
     assert (d > 0.9) if refined else (d < 0.8)  # 2 mm blocks (grid_mm) on a 1 mm image
 
 
-@pytest.mark.parametrize("name, refined", [("patient_MR_T1.nii.gz", True), ("scan.nii.gz", False)])
+@pytest.mark.parametrize("name, refined", [("patient_MR_T1.nii.gz", True), ("patient_CT.nii.gz", False)])
 def test_segment_auto_modality_follows_the_file_name(tmp_path, monkeypatch, make_sphere, name, refined):
     """--modality auto (the default) reads MR from the file name, so MR files get edge refinement."""
     from conftest import shrinking_loaded

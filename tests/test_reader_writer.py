@@ -139,7 +139,9 @@ def test_label_and_modality_heuristics():
     assert not data_looks_like_label(np.linspace(0, 1, 1000, dtype=np.float32).reshape(10, 10, 10))
     assert guess_modality("STS_024 CT") == "ct" and guess_modality("patient_MR_T1") == "mr"
     assert guess_modality("scan", np.full((4, 4, 4), -1000.0, np.float32) + np.eye(4)[None] * 1500) == "ct"
-    assert guess_modality("scan", np.ones((4, 4, 4), np.float32)) == "other"
+    # neither CT-like nor named: this plugin is for CT and MRI, so MR
+    assert guess_modality("scan", np.ones((4, 4, 4), np.float32)) == "mr"
+    assert guess_modality("patient_PET_suv", np.ones((4, 4, 4), np.float32)) == "other"
 
 
 def test_napari_open_and_save_through_the_manifest(make_napari_viewer, tmp_path):

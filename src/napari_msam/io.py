@@ -12,7 +12,6 @@ here (text header + raw/zlib data).
 from __future__ import annotations
 
 import gzip
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import modality as _modality
 from .errors import InvalidVolumeError, MSAMError
 
 TARGET_AXCODES = ("S", "P", "L")
@@ -795,23 +795,10 @@ def write_mask(
 
 
 def guess_modality(name: str, data: np.ndarray | None = None) -> str:
-    """'ct', 'mr' or 'other' from a layer/file name, else from the intensities (HU go far below 0)."""
-    low = name.lower()
-    tokens = set(re.split(r"[^a-z0-9]+", low))
-    if "ct" in tokens or low.startswith("ct") or "_ct" in low:
-        return "ct"
-    if tokens & {"mr", "mri", "t1", "t2", "flair", "dwi", "adc", "t1w", "t2w"} or "mr_" in low or "_mr" in low:
-        return "mr"
-    if data is not None and data.size and data.dtype.kind in "if":
-        step = max(1, int(round((data.size / 100_000) ** (1 / 3))))
-        sample = np.asarray(data[::step, ::step, ::step], dtype=np.float32)
-        lo = float(np.percentile(sample, 1))
-        hi = float(np.percentile(sample, 99))
-        if lo <= -500 and hi >= 0:
-            return "ct"
-    return "other"
+    """'ct', 'mr' or 'other' by the project's one rule (:mod:`napari_msam.modality`)."""
+    return _modality.guess_modality(name, data)
 
 
 def volume_modality(vol: Volume, name: str) -> str:
-    """What "auto" means for a read volume: the file's own word (DICOM), else :func:`guess_modality`."""
-    return vol.modality or guess_modality(name, vol.data)
+    """What "auto" means for a read volume: the file's own word (DICOM), else name and intensities."""
+    return _modality.guess(name, vol.data, declared=vol.modality).modality

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import modality as _modality
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
 from .model.config import AXIS_ORDERS
 
@@ -486,7 +487,5 @@ def resample_logits(
 
 
 def guess_modality(volume: np.ndarray) -> str:
-    """"ct" when the intensities look like Hounsfield units (air near -1000), else "other"."""
-    sample = volume[:: max(1, volume.shape[0] // 16), :: 4, :: 4]
-    lo = float(np.percentile(sample, 1))
-    return "ct" if lo < -500 and float(np.max(sample)) > 0 else "other"
+    """The project's one modality rule (:mod:`napari_msam.modality`) from the intensities alone."""
+    return _modality.guess_modality("", volume)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_msam import modality as _modality
 from napari_msam.errors import MSAMError
 
 __all__ = [
@@ -90,15 +91,8 @@ def _strip_ext(name: str) -> tuple[str, str] | None:
 
 
 def guess_modality(name: str) -> str:
-    """Modality from a file name (``CT_image``, ``MR_T1_image``, ``PET``...); "other" when unsure."""
-    tokens = [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
-    if any(t in ("ct", "cect", "ncct") or t.startswith("ct") and t[2:].isdigit() for t in tokens):
-        return "ct"
-    if any(t in ("mr", "mri", "t1", "t2", "flair", "t1c", "t1ce", "t1w", "t2w", "dwi", "adc") for t in tokens):
-        return "mr"
-    if any(t in ("pet", "suv") for t in tokens):
-        return "pet"
-    return "other"
+    """A case's kind ("ct", "mr", "pet" or "other") from its file or channel name, by the one rule."""
+    return _modality.guess(name).kind
 
 
 def _pairs_in_folder(folder: Path) -> list[tuple[str, Path, Path]]:
