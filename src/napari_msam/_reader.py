@@ -122,6 +122,7 @@ def volume_to_layer_data(vol: Volume, name: str, as_label: bool | None = None) -
     if as_label is None:
         as_label = vol.is_label or name_looks_like_label(name) or data_looks_like_label(vol.data)
     meta = volume_metadata(vol)
+    meta["source_kind"] = "labels" if as_label else "image"  # the writer may replace a labels file, not an image
     kwargs: dict[str, Any] = {"name": name, "scale": tuple(float(s) for s in vol.spacing), "metadata": meta}
     if as_label:
         data = vol.data

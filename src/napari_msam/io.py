@@ -12,6 +12,7 @@ here (text header + raw/zlib data).
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import modality as _modality
-from .errors import InvalidVolumeError, MSAMError
+from .errors import InvalidVolumeError, MSAMError, OutputError, OutputExistsError
 
 TARGET_AXCODES = ("S", "P", "L")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -28,6 +29,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: the file types :func:`write_mask` writes
+MASK_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff")
 #: every file suffix :func:`read_volume` accepts (a DICOM file may also have no suffix; folders = DICOM)
 READ_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + NRRD_SUFFIXES + METAIMAGE_SUFFIXES + DICOM_SUFFIXES
 FORMATS_HINT = "pip install napari-msam[formats]"
@@ -63,7 +66,7 @@ class Volume:
 
         if array.shape != self.data.shape:
             raise MSAMError(f"array shape {array.shape} does not match the volume's shape {self.data.shape}")
-        return np.ascontiguousarray(apply_orientation(array, inverse_ornt(self.ornt)))
+        return c_contiguous(apply_orientation(array, inverse_ornt(self.ornt)))
 
     def original_index_to_array(self, index: tuple[int, int, int]) -> tuple[int, int, int]:
         """Convert a voxel index of the file's own array to an index of ``data``."""
@@ -135,6 +138,23 @@ def check_volume_array(data: np.ndarray, what: str = "image") -> None:
         raise InvalidVolumeError(f"the {what} has an unsupported dtype {data.dtype}")
 
 
+def c_contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-ordered array with non-negative strides (numpy calls a flipped 1x1xN array contiguous
+    although one stride is negative, and torch refuses negative strides)."""
+    if a.flags.c_contiguous and all(s >= 0 for s in a.strides):
+        return a
+    return np.array(a, order="C", copy=True)
+
+
+def check_segmentable(data: np.ndarray, where: str | Path = "the image") -> None:
+    """Refuse volumes too small to hold an object: fewer than 2 voxels along two or more axes."""
+    if sum(int(n) < 2 for n in data.shape) >= 2:
+        raise InvalidVolumeError(
+            f"{where}: the volume is too small to segment (shape {tuple(int(n) for n in data.shape)}); "
+            "it needs at least 2 voxels along two axes"
+        )
+
+
 def _reoriented(
     data: np.ndarray,
     affine: np.ndarray,
@@ -157,7 +177,7 @@ def _reoriented(
         raise InvalidVolumeError(f"{path}: the image geometry (affine) is invalid:\n{affine}")
     src = io_orientation(affine)
     transform = ornt_transform(src, axcodes2ornt(TARGET_AXCODES))
-    out = np.ascontiguousarray(apply_orientation(data, transform))
+    out = c_contiguous(apply_orientation(data, transform))
     new_affine = affine @ inv_ornt_aff(transform, data.shape)
     return Volume(
         data=out,
@@ -650,7 +670,7 @@ def _read_tiff(path: Path, channel: int | None, is_label: bool) -> Volume:
     check_volume_array(data, "label" if is_label else "image")
     affine = np.diag([spacing[0], spacing[1], spacing[2], 1.0])
     return Volume(
-        data=np.ascontiguousarray(data),
+        data=c_contiguous(data),
         spacing=spacing,
         affine=affine,
         path=str(path),
@@ -753,7 +773,7 @@ def write_mask(
     if mask.ndim != 3:
         raise MSAMError(f"a mask must be 3-D, got shape {mask.shape}")
     dtype = _mask_dtype(mask)
-    data = np.ascontiguousarray(mask.astype(dtype, copy=False))
+    data = c_contiguous(mask.astype(dtype, copy=False))
     suffix = _suffix(path)
     if not path.parent.exists():
         raise MSAMError(f"{path}: the folder {path.parent} does not exist")
@@ -792,6 +812,49 @@ def write_mask(
     else:
         raise MSAMError(f"{path}: unsupported output type {suffix!r} (use .nii.gz, .nii, .tif)")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file: the same path, a symlink to it or a hard link of it."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def check_output(
+    path: str | Path,
+    *,
+    inputs: Sequence[str | Path | None] = (),
+    overwrite: bool = False,
+    suffixes: Sequence[str] | None = None,
+) -> Path:
+    """The one rule for every file the project writes for the user (masks, CSV, plots).
+
+    Refuses, with one line naming ``path``: a path that is (or links to) one of ``inputs``, whatever
+    ``overwrite`` says; an existing folder; a missing or unwritable parent folder (missing folders are
+    never created: a typo should not scatter results); a name without one of ``suffixes``; and an
+    existing file unless ``overwrite`` (raises :class:`OutputExistsError`, so a GUI can ask and retry).
+    Call it before any long computation. Returns ``path`` as a ``Path``.
+    """
+    out = Path(path).expanduser()
+    for source in inputs:
+        if source is not None and _same_file(out, Path(source)):
+            raise OutputError(f"{out}: this is the input file {source}; choose another output name")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; give a file name")
+    if suffixes is not None and not out.name.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise OutputError(f"{out}: unsupported output type (use {', '.join(suffixes)})")
+    folder = out.parent
+    if not folder.is_dir():
+        raise OutputError(f"{out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: the folder {folder} is not writable")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{out}: exists; pass --overwrite to replace it")
+    return out
 
 
 def guess_modality(name: str, data: np.ndarray | None = None) -> str:
