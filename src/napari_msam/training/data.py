@@ -9,9 +9,7 @@ works on inputs distributed like its training inputs.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,6 @@ __all__ = [
     "guess_modality",
 ]
 
-VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".tif", ".tiff")
 
 
 class TrainingDataError(MSAMError):
@@ -82,109 +79,29 @@ class PreparedCase:
 # ----------------------------------------------------------------------------- discovery
 
 
-def _strip_ext(name: str) -> tuple[str, str] | None:
-    low = name.lower()
-    for ext in VOLUME_EXTS:
-        if low.endswith(ext):
-            return name[: -len(ext)], name[-len(ext) :]
-    return None
-
-
 def guess_modality(name: str) -> str:
     """A case's kind ("ct", "mr", "pet" or "other") from its file or channel name, by the one rule."""
     return _modality.guess(name).kind
 
 
-def _pairs_in_folder(folder: Path) -> list[tuple[str, Path, Path]]:
-    """Image/label pairs by name: ``X`` + ``X_label`` (or ``X_mask``), or ``P_image*`` + ``P_mask``."""
-    files = {p.name: p for p in folder.iterdir() if p.is_file() and _strip_ext(p.name)}
-    by_stem: dict[str, Path] = {}
-    for name, p in files.items():
-        stem, _ = _strip_ext(name)  # type: ignore[misc]
-        by_stem[stem] = p
-    pairs: list[tuple[str, Path, Path]] = []
-    used: set[str] = set()
-    for stem in sorted(by_stem):
-        if stem.endswith("_label") or stem.endswith("_mask"):
-            continue
-        m = re.match(r"^(.*?)_image.*$", stem)
-        if m and f"{m.group(1)}_mask" in by_stem:
-            lab = f"{m.group(1)}_mask"
-            case = m.group(1)
-        elif f"{stem}_label" in by_stem:
-            lab = f"{stem}_label"
-            case = stem
-        elif f"{stem}_mask" in by_stem:
-            lab = f"{stem}_mask"
-            case = stem
-        else:
-            continue
-        if lab in used:
-            continue
-        used.add(lab)
-        pairs.append((case, by_stem[stem], by_stem[lab]))
-    return pairs
-
-
-def _msd_cases(root: Path) -> list[CaseSpec]:
-    """MSD / nnU-Net layout: ``imagesTr/X[_0000].nii.gz`` + ``labelsTr/X.nii.gz``."""
-    modality = "other"
-    ds = root / "dataset.json"
-    if ds.is_file():
-        try:
-            meta = json.loads(ds.read_text())
-            mods = meta.get("modality") or meta.get("channel_names") or {}
-            first = str(next(iter(mods.values()), "")) if isinstance(mods, dict) else ""
-            modality = guess_modality(first) if first else "other"
-        except (OSError, ValueError, StopIteration):
-            modality = "other"
-    labels = {}
-    for p in (root / "labelsTr").iterdir():
-        s = _strip_ext(p.name)
-        if s and not p.name.startswith("."):
-            labels[s[0]] = p
-    cases = []
-    for p in sorted((root / "imagesTr").iterdir()):
-        s = _strip_ext(p.name)
-        if not s or p.name.startswith("."):
-            continue
-        stem = s[0]
-        key = re.sub(r"_\d{4}$", "", stem)
-        lab = labels.get(key) or labels.get(stem)
-        if lab is None:
-            cases.append(CaseSpec(stem, stem, modality, p, None))
-            continue
-        cases.append(CaseSpec(key, key, modality, p, lab))
-    return cases
-
-
 def discover_cases(data_dir: str | Path, modalities: Iterable[str] | None = None) -> list[CaseSpec]:
-    """Find the cases of one data folder (MSD layout, name-matched pairs, or one sub-folder per patient).
+    """The cases of one data folder, found by the one dataset finder (:func:`napari_msam.io.find_pairs`).
 
     In the per-patient layout (STS: ``STS_0xx/{CT,MR_T1}_image*.nii.gz`` + ``*_mask.nii.gz``) the sub-folder
     name is the patient id, so a split never puts one patient's CT and MR on both sides.
     """
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise TrainingDataError(f"data folder not found: {root}")
-    if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
-        cases = _msd_cases(root)
-    else:
-        cases = []
-        for case, img, lab in _pairs_in_folder(root):
-            cases.append(CaseSpec(case, case, guess_modality(img.name), img, lab))
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for case, img, lab in _pairs_in_folder(sub):
-                cases.append(CaseSpec(f"{sub.name}/{case}", sub.name, guess_modality(img.name), img, lab))
+    from napari_msam.io import find_pairs
+
+    try:
+        pairs = find_pairs(data_dir)
+    except MSAMError as exc:
+        raise TrainingDataError(str(exc)) from exc
+    cases = [CaseSpec(p.name, p.patient, p.kind, p.image, p.label) for p in pairs]
     if modalities is not None:
         wanted = {m.lower() for m in modalities}
         cases = [c for c in cases if c.modality in wanted]
-    if not cases:
-        hint = f" with modality in {sorted(set(modalities))}" if modalities is not None else ""
-        raise TrainingDataError(
-            f"no image/label pairs{hint} found in {root} (expected imagesTr/+labelsTr/, X + X_label, "
-            "or P_image* + P_mask files, directly or in one sub-folder per patient)"
-        )
+        if not cases:
+            raise TrainingDataError(f"no image/label pairs with modality in {sorted(wanted)} found in {data_dir}")
     return cases
 
 
