@@ -141,3 +141,98 @@ def test_robust_reader_marks_image_and_label_sources(tmp_path):
     lab = np.zeros((6, 7, 8), np.uint8)
     with pytest.raises(OutputError):
         write_labels(str(img), lab, kw)
+
+
+def _rewrite_checkpoint(src, dst, *, config_changes=None, weights=None):
+    """A copy of the checkpoint ``src`` with edited config metadata or replaced weights."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as fh:
+        header = dict(fh.metadata())
+    tensors = load_file(str(src))
+    if config_changes:
+        cfg = json.loads(header["config"])
+        cfg.update(config_changes)
+        header["config"] = json.dumps(cfg)
+    if weights is not None:
+        tensors = {k: weights(v) for k, v in tensors.items()}
+    save_file(tensors, str(dst), metadata=header)
+    return dst
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"mlp_ratio": float("nan")}, "mlp_ratio"), ({"decoder_mlp_dim": -5}, "decoder_mlp_dim"),
+    ({"depth": "2"}, "depth"), ({"use_adapter": 1}, "use_adapter"),
+])
+def test_robust_checkpoint_config_is_checked_field_by_field(tmp_path, capsys, scan, tiny_checkpoint, changes, words):
+    bad = _rewrite_checkpoint(tiny_checkpoint, tmp_path / "bad.safetensors", config_changes=changes)
+    err = _one_line_error(capsys, ["segment", str(scan), "-o", str(tmp_path / "m.nii.gz"), "--point", "8,12,10",
+                                   "--checkpoint", str(bad), "--device", "cpu"])
+    assert words in err and "bad.safetensors" in err
+
+
+def test_robust_all_nan_checkpoint_is_refused(tmp_path, capsys, scan, tiny_checkpoint):
+    import torch
+
+    bad = _rewrite_checkpoint(tiny_checkpoint, tmp_path / "nan.safetensors",
+                              weights=lambda v: torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+    out = tmp_path / "m.nii.gz"
+    err = _one_line_error(capsys, ["segment", str(scan), "-o", str(out), "--point", "8,12,10",
+                                   "--checkpoint", str(bad), "--device", "cpu"])
+    assert "NaN" in err and "nan.safetensors" in err and not out.exists()
+
+
+def test_robust_output_names_up_to_name_max(tmp_path, scan, threshold_loaded, monkeypatch):
+    monkeypatch.setattr(cli, "_load_model", lambda args: threshold_loaded)
+    for n in (242, 255):
+        out = tmp_path / ("m" * (n - len(".nii.gz")) + ".nii.gz")
+        assert len(out.name) == n
+        assert cli.main(_seg_args(scan, out)) == 0
+        assert np.asanyarray(nib.load(str(out)).dataobj).sum() > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_robust_write_errors_name_the_users_path(tmp_path):
+    from napari_msam.atomic import atomic_write
+
+    folder = tmp_path / "out.nii.gz"
+    folder.mkdir()
+    with pytest.raises(OSError) as e, atomic_write(folder) as fh:
+        fh.write(b"x")
+    assert str(folder) in str(e.value) and ".tmp" not in str(e.value)
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder should be")
+    with pytest.raises(OSError) as e, atomic_write(blocked / "m.nii.gz") as fh:
+        fh.write(b"x")
+    assert str(blocked / "m.nii.gz") in str(e.value) and ".tmp" not in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 9), (9, 1, 1)])
+def test_robust_tiny_volumes_are_refused_in_one_line(tmp_path, capsys, shape, threshold_loaded, monkeypatch):
+    monkeypatch.setattr(cli, "_load_model", lambda args: threshold_loaded)
+    p = tmp_path / "tiny.nii.gz"
+    flip = np.diag([-1.0, 1.0, -1.0, 1.0])  # the reorientation flips axes of length 1
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), flip), str(p))
+    err = _one_line_error(capsys, ["segment", str(p), "-o", str(tmp_path / "m.nii.gz"), "--point", "0,0,0",
+                                   "--device", "cpu"])
+    assert "too small to segment" in err
+
+
+def test_robust_reoriented_arrays_have_no_negative_strides(tmp_path):
+    from napari_msam.io import read_volume
+
+    p = tmp_path / "thin.nii.gz"
+    # file axes (x, y, z) = (9, 1, 1) with x and z pointing left and inferior: every axis is flipped or moved
+    nib.save(nib.Nifti1Image(np.arange(9, dtype=np.float32).reshape(9, 1, 1), np.diag([-1.0, 1.0, -1.0, 1.0])),
+             str(p))
+    vol = read_volume(p)
+    assert vol.data.shape == (1, 1, 9)
+    assert all(s >= 0 for s in vol.data.strides)
+    import torch
+
+    torch.from_numpy(vol.data)  # raises on a negative stride
+    back = vol.to_original(vol.data)
+    assert all(s >= 0 for s in back.strides)

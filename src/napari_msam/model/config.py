@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,10 @@ class MSAMConfig:
     num_multimask_outputs: int = 3
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "global_attn_indexes", tuple(int(i) for i in self.global_attn_indexes))
+        indexes = self.global_attn_indexes
+        if isinstance(indexes, str | bytes | dict) or not hasattr(indexes, "__iter__"):
+            raise ValueError(f"invalid MSAMConfig {self.name!r}: global_attn_indexes must be a list, got {indexes!r}")
+        object.__setattr__(self, "global_attn_indexes", tuple(indexes))
         self.validate()
 
     @property
@@ -46,7 +51,11 @@ class MSAMConfig:
         return 4 * self.grid
 
     def validate(self) -> None:
-        """Reject combinations the modules cannot build, with a readable message."""
+        """Reject wrong types, non-finite or out-of-range sizes and combinations the modules cannot build,
+        in one readable line (a config comes from a checkpoint's metadata, which anyone can edit)."""
+        problems = _field_problems(self)
+        if problems:
+            raise ValueError(f"invalid MSAMConfig {self.name!r}: " + "; ".join(problems))
         problems = []
         if self.img_size <= 0 or self.patch_size <= 0 or self.img_size % self.patch_size:
             problems.append(
@@ -85,13 +94,38 @@ class MSAMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MSAMConfig:
-        d = _known_fields(cls, d)
-        if "global_attn_indexes" in d:
-            d["global_attn_indexes"] = tuple(d["global_attn_indexes"])
-        return cls(**d)
+        return cls(**_known_fields(cls, d))
 
     def replace(self, **changes: Any) -> MSAMConfig:
         return dataclasses.replace(self, **changes)
+
+
+#: fields that may be 0 (every other integer size must be >= 1)
+_MAY_BE_ZERO = {"window_size", "lora_rank", "num_multimask_outputs"}
+
+
+def _field_problems(cfg: MSAMConfig) -> list[str]:
+    """Type and range of every field, checked before any arithmetic on them."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type == "int":
+            low = 0 if f.name in _MAY_BE_ZERO else 1
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                problems.append(f"{f.name} must be an integer >= {low}, got {v!r}")
+        elif f.type == "float":
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+                problems.append(f"{f.name} must be a finite number > 0, got {v!r}")
+        elif f.type == "bool":
+            if not isinstance(v, bool):
+                problems.append(f"{f.name} must be true or false, got {v!r}")
+        elif f.type == "str":
+            if not isinstance(v, str) or not v:
+                problems.append(f"{f.name} must be a non-empty string, got {v!r}")
+        elif f.name == "global_attn_indexes":
+            if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in v):
+                problems.append(f"global_attn_indexes must be integers, got {list(v)!r}")
+    return problems
 
 
 def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +134,16 @@ def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
     return dict(d)
+
+
+def _numbers(values: Any) -> tuple[float, ...] | None:
+    """``values`` as finite floats, or None when it is not a sequence of finite real numbers."""
+    if isinstance(values, str | bytes | dict) or not hasattr(values, "__iter__"):
+        return None
+    values = list(values)
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) for v in values):
+        return None
+    return tuple(float(v) for v in values)
 
 
 NORMALIZATIONS = ("zscore_positive", "zscore", "none")
@@ -116,18 +160,18 @@ class PreprocessConfig:
     axis_order: str = "SPL"
 
     def __post_init__(self) -> None:
-        sp = tuple(float(s) for s in self.spacing_mm)
-        if len(sp) != 3 or any(not s > 0 for s in sp):
-            raise ValueError(f"spacing_mm must be 3 positive numbers, got {self.spacing_mm!r}")
+        sp = _numbers(self.spacing_mm)
+        if sp is None or len(sp) != 3 or any(not s > 0 for s in sp):
+            raise ValueError(f"spacing_mm must be 3 finite positive numbers, got {self.spacing_mm!r}")
         object.__setattr__(self, "spacing_mm", sp)
         if self.ct_window is not None:
-            win = tuple(float(v) for v in self.ct_window)
-            if len(win) != 2 or not win[0] < win[1]:
-                raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window!r}")
+            win = _numbers(self.ct_window)
+            if win is None or len(win) != 2 or not win[0] < win[1]:
+                raise ValueError(f"ct_window must be (low, high) finite numbers with low < high, got {self.ct_window!r}")
             object.__setattr__(self, "ct_window", win)
-        if self.normalization not in NORMALIZATIONS:
+        if not isinstance(self.normalization, str) or self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.axis_order not in AXIS_ORDERS:
+        if not isinstance(self.axis_order, str) or self.axis_order not in AXIS_ORDERS:
             raise ValueError(f"axis_order must be one of {AXIS_ORDERS}, got {self.axis_order!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,12 +184,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        d = _known_fields(cls, d)
-        if "spacing_mm" in d:
-            d["spacing_mm"] = tuple(d["spacing_mm"])
-        if d.get("ct_window") is not None:
-            d["ct_window"] = tuple(d["ct_window"])
-        return cls(**d)
+        return cls(**_known_fields(cls, d))
 
 
 #: Preprocessing that reference SAM-Med3D / M-SAM weights were trained with.

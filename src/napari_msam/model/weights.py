@@ -210,9 +210,21 @@ def load_checkpoint(
                 "unknown; save it with save_checkpoint()"
             )
         loaded = LoadedModel(model, config, REFERENCE_PREPROCESS, meta, str(p))
+    _check_finite(loaded.model, p)
     loaded.model.to(device).eval()
     loaded.path = str(p)
     return loaded
+
+
+def _check_finite(model: MSAM, path: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged training run): they would give empty masks silently."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        n = sum(1 for v in model.state_dict().values() if v.is_floating_point())
+        raise CheckpointError(
+            f"{path.name}: {len(bad)} of {n} weight tensors hold NaN or inf (e.g. {bad[0]}); the checkpoint is "
+            "broken (a diverged training run?); use an earlier one, e.g. best.safetensors"
+        )
 
 
 def _with_adapter(config: MSAMConfig) -> MSAMConfig:
