@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .datasets import DatasetPair, find_pairs
 from .dicom import DicomSeries, is_dicom_file, list_dicom_series
-from .output import check_output, write_mask
+from .output import check_output, same_file, write_mask
 from .reader import can_read, guess_modality, read_volume, volume_modality
 from .volume import (
     DICOM_SUFFIXES,
@@ -38,5 +38,5 @@ __all__ = [
     "NRRD_SUFFIXES", "READ_SUFFIXES", "TARGET_AXCODES", "TIFF_SUFFIXES", "DatasetPair", "DicomSeries", "Volume",
     "c_contiguous", "can_read", "check_output", "check_segmentable", "check_volume_array", "file_stem",
     "file_suffix", "find_pairs", "guess_modality", "inverse_ornt", "is_dicom_file", "list_dicom_series",
-    "read_volume", "spacing_from_affine", "volume_modality", "write_mask",
+    "read_volume", "same_file", "spacing_from_affine", "volume_modality", "write_mask",
 ]

@@ -81,8 +81,9 @@ def write_mask(
     return path
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: str | Path, b: str | Path) -> bool:
     """True when ``a`` and ``b`` name one file: the same path, a symlink to it or a hard link of it."""
+    a, b = Path(a), Path(b)
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
@@ -108,7 +109,7 @@ def check_output(
     """
     out = Path(path).expanduser()
     for source in inputs:
-        if source is not None and _same_file(out, Path(source)):
+        if source is not None and same_file(out, source):
             raise OutputError(f"{out}: this is the input file {source}; choose another output name")
     if out.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name")

@@ -25,13 +25,14 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     Refuses fewer than two inputs, an output that is one of the inputs, and checkpoints that differ in
     configuration, preprocessing, click prior or zoom range. Non-float tensors must be equal.
     """
+    from napari_msam.io import same_file
     from napari_msam.model.weights import checkpoint_digest, load_checkpoint, save_checkpoint
 
     srcs = [Path(p) for p in paths]
     out = Path(out)
     if len(srcs) < 2:
         raise TrainingError("averaging needs at least two checkpoints")
-    if any(out.resolve() == p.resolve() for p in srcs if p.exists()):
+    if any(same_file(out, p) for p in srcs):
         raise TrainingError(f"the output {out} is one of the inputs; write the average elsewhere")
     loaded = [load_checkpoint(p, device="cpu") for p in srcs]
     first = loaded[0]

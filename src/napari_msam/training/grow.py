@@ -1,7 +1,7 @@
 """Deepen a trained checkpoint's image encoder by blocks that start as the identity.
 
-Why: the default model under-fits (docs/model-card.md, session 9: it misses the Dice targets on its own
-training patients), and M-SAM trained from scratch collapsed. Growing keeps what was learned. The new
+Why: a small model can under-fit even its own training patients (docs/model-card.md), and M-SAM trained
+from scratch can collapse. Growing keeps what was learned. The new
 blocks are appended after the last encoder block. Their attention output projection and their MLP's
 second layer start at zero, so each block's residual branches add nothing. The grown model gives exactly
 the parent's outputs until training moves those weights.
@@ -26,11 +26,12 @@ def grow_encoder(src: str | Path, out: str | Path, depth: int, name: str | None 
     when it has no windows). Config, preprocessing and metadata (click prior, zoom range) are kept. The
     name defaults to ``<parent>-d<depth>``, and the metadata records the parent's sha256.
     """
+    from napari_msam.io import same_file
     from napari_msam.model.builder import build_model
     from napari_msam.model.weights import checkpoint_digest, load_checkpoint, save_checkpoint
 
     src, out = Path(src), Path(out)
-    if out.exists() and src.exists() and out.resolve() == src.resolve():
+    if same_file(out, src):
         raise TrainingError(f"the output {out} is the input; write the grown model elsewhere")
     parent = load_checkpoint(src, device="cpu")
     old = parent.config

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_msam.training import distributed as D
+import napari_msam.training.distributed as D
 from napari_msam.training.checkpoints import STATE_VERSION, load_state, run_lock, save_state
 from napari_msam.training.config import RunLockedError, TrainConfig, TrainEvent, TrainingError, TrainResult
 from napari_msam.training.data import (

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from napari_msam.training import distributed as D
+import napari_msam.training.distributed as D
 from napari_msam.training.data import MODALITY_FOR_PREPROCESS, PreparedCase
 from napari_msam.training.loop import interaction_loss
 
