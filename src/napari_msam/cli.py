@@ -1,6 +1,9 @@
 """``napari-msam`` command line: segment / evaluate / train. Never imports Qt or napari.
 
-Errors the user can fix print one line ``napari-msam: error: ...`` and exit with status 2.
+Errors the user can fix print one line ``napari-msam: error: ...`` and exit with status 2; a training run
+stopped by SIGINT / SIGTERM exits with 130 / 143 after writing a resumable checkpoint. Outputs follow
+:func:`napari_msam.io.check_output` (never an input, existing files only with ``--overwrite``), checked
+before any work.
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from .errors import MSAMError
+    from .errors import MSAMError, one_line
     from .model import CheckpointError
 
     known: tuple[type[BaseException], ...] = (CLIError, MSAMError, OSError, CheckpointError)
@@ -214,8 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"segment": cmd_segment, "evaluate": cmd_evaluate, "train": cmd_train}[args.command]
         return handler(args)
     except known as exc:
-        msg = str(exc).strip().replace("\n", " ") or type(exc).__name__
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

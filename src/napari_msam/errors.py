@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as the one line the CLI prints: a list of problems (``exc.problems``) joined by "; "."""
+    problems = getattr(exc, "problems", None)
+    if problems:
+        n = len(problems)
+        return f"{n} problem{'s' if n != 1 else ''} with the training data: " + "; ".join(problems)
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+
+
 class MSAMError(ValueError):
     """Bad input or state that the user can fix (wrong file, click outside the image, ...).
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-__all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "add_train_arguments", "config_from_args", "one_line", "run_train", "main"]
+__all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "add_train_arguments", "config_from_args", "run_train", "main"]
 
 
 def _floats3(text: str) -> tuple[float, float, float]:
@@ -178,15 +178,6 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 PROG = "napari-msam"
 
 
-def one_line(exc: BaseException) -> str:
-    """An error as one line: a list of problems joined by "; "."""
-    problems = getattr(exc, "problems", None)
-    if problems:
-        n = len(problems)
-        return f"{n} problem{'s' if n != 1 else ''} with the training data: " + "; ".join(problems)
-    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
-
-
 @contextlib.contextmanager
 def _signals_cancel(trainer) -> Iterator[list[int]]:
     """SIGINT and SIGTERM ask ``trainer`` to stop as Cancel does (step finished, checkpoint written); a
@@ -212,7 +203,7 @@ def _signals_cancel(trainer) -> Iterator[list[int]]:
 def run_train(args: argparse.Namespace) -> int:
     """Run training from parsed arguments; returns the exit status (0 done, 2 bad input, 130/143 stopped
     by SIGINT/SIGTERM with a resumable checkpoint written). Errors are one line on stderr."""
-    from napari_msam.errors import MSAMError
+    from napari_msam.errors import MSAMError, one_line
     from napari_msam.training.config import TrainingError
     from napari_msam.training.data import TrainingDataError
     from napari_msam.training.trainer import Trainer
