@@ -168,3 +168,16 @@ def test_burst_refuses_a_set_packed_at_another_spacing(packed, tmp_path, capsys)
     rc = burst.main(["train", "--packed", str(packed["dir"]), "--out", str(tmp_path / "o"), "--init", str(other),
                      "--device", "cpu", "--budget-s", "5"])
     assert rc == 2 and "pack it again" in capsys.readouterr().err
+
+
+def test_batch_probe_arithmetic_and_trial_step():
+    gib = 2**30
+    # 1 GiB fixed + 0.5 GiB a sample on an 80 GiB card: 60 % of it holds 94 samples, capped at 32
+    assert burst.batch_from_peaks(2 * gib, 3 * gib, 80 * gib) == (32, 94)
+    assert burst.batch_from_peaks(2 * gib, 3 * gib, 80 * gib, max_batch=500) == (94, 94)
+    assert burst.batch_from_peaks(70 * gib, 110 * gib, 80 * gib) == (1, 1)  # never below one sample
+    model = build_model("msam-tiny")
+    peak, seconds = burst.trial_step(model, "cpu", 2, clicks=2, amp=False)  # the synthetic step runs
+    assert peak == 0 and seconds > 0
+    assert all(p.grad is None for p in model.parameters())  # it leaves no gradients behind
+    assert burst.probe_batch_size(model, "cpu", clicks=2, amp=False)[0] == 2

@@ -29,7 +29,8 @@ import torch
 
 from napari_msam.errors import MSAMError
 
-__all__ = ["BurstError", "split_file", "join_parts", "probe_batch_size", "run_burst", "main"]
+__all__ = ["BurstError", "split_file", "join_parts", "trial_step", "batch_from_peaks", "probe_batch_size",
+           "run_burst", "main"]
 
 PARTS_MANIFEST = "parts.json"
 PART_MIB = 15.0  # the device tool returns files of at most 16 MiB
@@ -116,36 +117,47 @@ def join_parts(parts_dir: str | Path, out_path: str | Path, *, force: bool = Fal
     return loaded
 
 
-def probe_batch_size(model, device: str, *, clicks: int, amp: bool, memory_fraction: float = 0.6,
-                     max_batch: int = 32) -> tuple[int, dict]:
-    """Largest batch whose training step fits ``memory_fraction`` of the GPU, from two trial steps on
-    synthetic spheres (batch 2 and 4: peak memory is affine in the batch). CPU: 2, the CPU recipe's."""
+def trial_step(model, device: str, batch: int, *, clicks: int, amp: bool) -> tuple[int, float]:
+    """One training step on synthetic spheres: (peak GPU bytes, 0 on the CPU; seconds)."""
     from napari_msam.training.loop import interaction_loss
 
-    if not device.startswith("cuda"):
-        return 2, {"device": device}
+    cuda = device.startswith("cuda")
     s = int(model.config.img_size)
-    r = np.linalg.norm(np.indices((s, s, s)) - s / 2, axis=0)
-    peaks, times = {}, {}
-    model.train()
-    for b in (2, 4):
+    ball = np.linalg.norm(np.indices((s, s, s)) - s / 2, axis=0) < s / 5
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        x = torch.randn(b, 1, s, s, s, device=device)
-        y = torch.from_numpy(np.broadcast_to(r < s / 5, (b, 1, s, s, s)).astype(np.float32)).to(device)
-        res = interaction_loss(model, x, y, n_clicks=clicks, rng=np.random.default_rng(b), autocast=amp)
-        res.loss.backward()
-        model.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    model.train()
+    x = torch.randn(batch, 1, s, s, s, device=device)
+    y = torch.from_numpy(np.broadcast_to(ball, (batch, 1, s, s, s)).astype(np.float32)).to(device)
+    res = interaction_loss(model, x, y, n_clicks=clicks, rng=np.random.default_rng(batch), autocast=amp)
+    res.loss.backward()
+    model.zero_grad(set_to_none=True)
+    if cuda:
         torch.cuda.synchronize()
-        peaks[b], times[b] = torch.cuda.max_memory_allocated(), time.perf_counter() - t0
-    per_sample = max((peaks[4] - peaks[2]) / 2, 1.0)
-    base = peaks[2] - 2 * per_sample
+    return (torch.cuda.max_memory_allocated() if cuda else 0), time.perf_counter() - t0
+
+
+def batch_from_peaks(peak2: float, peak4: float, total: float, *, memory_fraction: float = 0.6,
+                     max_batch: int = 32) -> tuple[int, int]:
+    """(batch to use, largest that fits ``memory_fraction`` of ``total``): peak memory is affine in the
+    batch, so two trial steps (batch 2 and 4) give its slope and intercept."""
+    per_sample = max((peak4 - peak2) / 2, 1.0)
+    base = peak2 - 2 * per_sample
+    fits = int(max(1, (memory_fraction * total - base) // per_sample))
+    return min(fits, max_batch), fits
+
+
+def probe_batch_size(model, device: str, *, clicks: int, amp: bool, max_batch: int = 32) -> tuple[int, dict]:
+    """The batch that fills the GPU (up to ``max_batch``); on the CPU 2, the CPU recipe's."""
+    if not device.startswith("cuda"):
+        return 2, {"device": device}
+    (p2, t2), (p4, t4) = (trial_step(model, device, b, clicks=clicks, amp=amp) for b in (2, 4))
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-    batch = int(max(1, min(max_batch, (memory_fraction * total - base) // per_sample)))
-    return batch, {"per_sample_mib": per_sample / 2**20, "base_mib": base / 2**20,
-                   "total_mib": total / 2**20, "step_s_batch4": times[4], "fits_batch": int(
-                       (memory_fraction * total - base) // per_sample)}
+    batch, fits = batch_from_peaks(p2, p4, total, max_batch=max_batch)
+    return batch, {"peak_mib_batch2": p2 / 2**20, "peak_mib_batch4": p4 / 2**20, "total_mib": total / 2**20,
+                   "step_s_batch2": t2, "step_s_batch4": t4, "fits_batch": fits}
 
 
 class _Log:
