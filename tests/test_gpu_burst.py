@@ -181,3 +181,14 @@ def test_batch_probe_arithmetic_and_trial_step():
     assert peak == 0 and seconds > 0
     assert all(p.grad is None for p in model.parameters())  # it leaves no gradients behind
     assert burst.probe_batch_size(model, "cpu", clicks=2, amp=False)[0] == 2
+
+
+def test_join_refuses_parts_that_are_not_a_checkpoint(tmp_path, capsys):
+    src = tmp_path / "noise.safetensors"
+    src.write_bytes(np.random.default_rng(1).bytes(5_000))
+    burst.split_file(src, tmp_path / "parts", part_bytes=2_000)
+    assert burst.main(["join", str(tmp_path / "parts"), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert "not a loadable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+    assert burst.main(["join", str(tmp_path / "empty"), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert "parts.json" in capsys.readouterr().err

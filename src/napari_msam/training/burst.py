@@ -195,6 +195,8 @@ def run_burst(args: argparse.Namespace) -> dict:
     work = Path(args.work or tempfile.mkdtemp(prefix="msam-burst-"))
     packed = load_packed(args.packed)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BurstError(f"--device {device}: CUDA is not available on this machine")
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -203,7 +205,11 @@ def run_burst(args: argparse.Namespace) -> dict:
         loaded = load_checkpoint(init)
         probe_model, spacing = loaded.model, loaded.preprocess.spacing_mm
     else:
-        probe_model, spacing = build_model(get_config(args.config)), packed.spacing_mm
+        try:
+            probe_model, spacing = build_model(get_config(args.config)), packed.spacing_mm
+        except KeyError as exc:
+            raise BurstError(str(exc.args[0])) from None
+    config_name = probe_model.config.name
     if any(abs(a - b) > 1e-6 for a, b in zip(spacing, packed.spacing_mm, strict=True)):
         raise BurstError(f"the set in {args.packed} is packed at {packed.spacing_mm} mm but the model works at "
                          f"{spacing} mm: pack it again with --checkpoint")
@@ -227,7 +233,7 @@ def run_burst(args: argparse.Namespace) -> dict:
         intensity_prob=0.5, rot90_prob=0.5, val_every=args.val_every, seed=args.seed, device=device,
         amp=True, cache=False, time_limit_s=1.0)
     run = {"device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-           "torch": torch.__version__, "init": init or "scratch", "config": args.config, "batch_size": batch,
+           "torch": torch.__version__, "init": init or "scratch", "config": config_name, "batch_size": batch,
            "probe": probe, "budget_s": args.budget_s, "packed_sha256": packed.manifest.get("sha256"),
            "cases": len(packed.cases), "val_patients": packed.val_patients, "lr": args.lr}
     log = _Log(out, run)
@@ -329,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from napari_msam.model.weights import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -339,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n = sum(p.numel() for p in loaded.model.parameters())
             print(f"joined {args.output}: {loaded.config.name}, {n / 1e6:.2f} M parameters, "
                   f"step {training.get('global_step')}, loads strictly")
-    except MSAMError as exc:
+    except (MSAMError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

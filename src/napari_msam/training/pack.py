@@ -217,6 +217,7 @@ def _model_geometry(checkpoint: str | None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from napari_msam.model.weights import CheckpointError
     from napari_msam.training.data import TrainingDataError, discover_cases, prepare_cases
 
     args = build_parser().parse_args(argv)
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "exclude_patients": args.exclude_patients, "source": str(args.data),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_packed(args.out, arrays, entries, info)
-    except (TrainingDataError, MSAMError) as exc:
+    except (TrainingDataError, MSAMError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out.resolve()
