@@ -165,8 +165,8 @@ def test_gpu_train_script_dry_run_then_join(packed, tmp_path, capsys):
 def test_burst_refuses_a_set_packed_at_another_spacing(packed, tmp_path, capsys):
     other = tmp_path / "other.safetensors"
     save_checkpoint(other, build_model("msam-tiny"), PreprocessConfig(spacing_mm=(1.5, 1.5, 1.5)), {})
-    rc = burst.main(["train", "--packed", str(packed["dir"]), "--out", str(tmp_path / "o"), "--init", str(other),
-                     "--device", "cpu", "--budget-s", "5"])
+    rc = burst.main(["train", "--packed", str(packed["dir"]), "--out", str(tmp_path / "o"),
+                     "--init", str(other), "--device", "cpu", "--budget-s", "5"])
     assert rc == 2 and "pack it again" in capsys.readouterr().err
 
 

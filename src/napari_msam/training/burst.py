@@ -211,8 +211,8 @@ def run_burst(args: argparse.Namespace) -> dict:
             raise BurstError(str(exc.args[0])) from None
     config_name = probe_model.config.name
     if any(abs(a - b) > 1e-6 for a, b in zip(spacing, packed.spacing_mm, strict=True)):
-        raise BurstError(f"the set in {args.packed} is packed at {packed.spacing_mm} mm but the model works at "
-                         f"{spacing} mm: pack it again with --checkpoint")
+        raise BurstError(f"the set in {args.packed} is packed at {packed.spacing_mm} mm but the model "
+                         f"works at {spacing} mm: pack it again with --checkpoint")
     probe = {}
     batch = args.batch_size
     if batch <= 0:
@@ -243,7 +243,8 @@ def run_burst(args: argparse.Namespace) -> dict:
     def export(path: Path, final: bool) -> None:
         info = {"global_step": log.data["steps"][-1][0] if log.data["steps"] else 0, "final": final,
                 "elapsed_s": round(time.perf_counter() - t_start, 1)}
-        state["manifest"] = split_file(path, out, name="model.safetensors", part_bytes=int(args.part_mib * 2**20), info=info)
+        state["manifest"] = split_file(path, out, name="model.safetensors",
+                                       part_bytes=int(args.part_mib * 2**20), info=info)
         state["last_export"] = time.perf_counter()
         log.data["exports"].append(info)
         log.save()
@@ -284,26 +285,32 @@ def run_burst(args: argparse.Namespace) -> dict:
     if final is None:
         raise BurstError("the run ended before its first checkpoint")
     log.data["done"] = {"global_step": result.global_step, "epochs": result.epoch, "kept": args.keep,
-                        "samples": result.global_step * batch, "wall_s": round(time.perf_counter() - t_start, 1),
+                        "samples": result.global_step * batch,
+                        "wall_s": round(time.perf_counter() - t_start, 1),
                         "stopped_by_time": result.stopped_by_time, "cancelled": result.cancelled,
                         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.startswith(
                             "cuda") else None}
     export(final, final=True)
-    print(f"[burst] done: {result.global_step} steps x batch {batch} in {time.perf_counter() - t_start:.0f} s; "
+    print(f"[burst] done: {result.global_step} steps x batch {batch} in "
+          f"{time.perf_counter() - t_start:.0f} s; "
           f"{len(state['manifest']['parts'])} parts in {out}", flush=True)
     return state["manifest"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m napari_msam.training.burst", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m napari_msam.training.burst",
+                                description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train for a fixed wall-clock budget; parts + log.json into --out")
     t.add_argument("--packed", required=True, help="folder written by python -m napari_msam.training.pack")
     t.add_argument("--out", required=True, help="where the parts and log.json go (the device tool's $OUT)")
-    t.add_argument("--budget-s", type=float, default=420.0, help="wall clock for the whole run, loading included")
-    t.add_argument("--reserve-s", type=float, default=15.0, help="kept back for the last checkpoint and export")
+    t.add_argument("--budget-s", type=float, default=420.0,
+                   help="wall clock for the whole run, loading included")
+    t.add_argument("--reserve-s", type=float, default=15.0,
+                   help="kept back for the last checkpoint and export")
     t.add_argument("--init", default="default",
-                   help="default (the shipped weights: continue their training), scratch, or a checkpoint path")
+                   help="default (the shipped weights: continue their training), scratch, or a "
+                        "checkpoint path")
     t.add_argument("--config", default="msam-small", help="model config when --init scratch")
     t.add_argument("--batch-size", type=int, default=0, help="0: the largest that fits 60 %% of the GPU")
     t.add_argument("--max-batch", type=int, default=32,
@@ -325,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which checkpoint the final parts hold (best: by the crop validation)")
     t.add_argument("--seed", type=int, default=2033)
     t.add_argument("--device", default="auto")
-    t.add_argument("--work", default=None, help="folder for the trainer's own checkpoints (default: a temp dir)")
+    t.add_argument("--work", default=None,
+                   help="folder for the trainer's own checkpoints (default: a temp dir)")
     t.add_argument("--print-every", type=int, default=10)
     j = sub.add_parser("join", help="join and verify the parts a burst handed back; load the result strictly")
     j.add_argument("parts_dir")

@@ -117,7 +117,8 @@ def write_packed(out_dir: str | Path, arrays: dict[str, np.ndarray], entries: li
     with atomic_write(out / DATA_FILE, "wb") as fh:
         fh.write(buf.getvalue())
     manifest = {"format": FORMAT, "version": VERSION, **info, "file": DATA_FILE,
-                "bytes": (out / DATA_FILE).stat().st_size, "sha256": _sha256(out / DATA_FILE), "cases": entries}
+                "bytes": (out / DATA_FILE).stat().st_size, "sha256": _sha256(out / DATA_FILE),
+                "cases": entries}
     with atomic_write(out / MANIFEST, "w") as fh:
         json.dump(manifest, fh, indent=1)
     return out / MANIFEST
@@ -150,7 +151,8 @@ def load_packed(folder: str | Path, *, verify: bool = True) -> PackedSet:
             for e in manifest["cases"]:
                 shape = tuple(int(n) for n in e["shape"])
                 q = np.frombuffer(lzma.decompress(z[f"{e['key']}_image"].tobytes()), dtype=e["dtype"])
-                image = (np.float32(e["offset"]) + np.float32(e["scale"]) * q.astype(np.float32)).reshape(shape)
+                image = np.float32(e["offset"]) + np.float32(e["scale"]) * q.astype(np.float32)
+                image = image.reshape(shape)
                 bits = np.frombuffer(lzma.decompress(z[f"{e['key']}_label"].tobytes()), dtype=np.uint8)
                 label = np.unpackbits(bits, count=math.prod(shape)).astype(bool).reshape(shape)
                 cases.append(CaseSpec(e["case_id"], e["patient_id"], e["modality"], image=image, label=label,
@@ -166,8 +168,8 @@ def tree_budget(folder: str | Path) -> dict | None:
     try:
         top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True,
                              text=True, check=True).stdout.strip()
-        out = subprocess.run(["git", "-C", top, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, check=True).stdout
+        out = subprocess.run(["git", "-C", top, "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard"], capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     total = 0
@@ -179,7 +181,8 @@ def tree_budget(folder: str | Path) -> dict | None:
 
 
 def _is_ignored(path: Path) -> bool:
-    res = subprocess.run(["git", "-C", str(path.parent), "check-ignore", "-q", str(path)], capture_output=True)
+    res = subprocess.run(["git", "-C", str(path.parent), "check-ignore", "-q", str(path)],
+                         capture_output=True)
     return res.returncode == 0
 
 
@@ -188,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output folder, inside the checkout and git-ignored (e.g. packed)")
     p.add_argument("--data", type=Path, default=Path("../shared/data/sts"),
-                   help="per-patient data folder (default ../shared/data/sts, as scripts/train_default_model.sh)")
+                   help="per-patient data folder (default ../shared/data/sts, as in "
+                        "scripts/train_default_model.sh)")
     p.add_argument("--checkpoint", default=None,
                    help="take spacing, CT window, input size and zoom range from this checkpoint "
                         "(default: the shipped default model)")
@@ -237,11 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      bits=args.bits)
         size = sum(a.nbytes for a in arrays.values())
         if size > args.max_mib * 2**20:
-            raise PackError(f"the packed set would take {size / 2**20:.1f} MiB, over --max-mib {args.max_mib}: "
+            raise PackError(f"the packed set would take {size / 2**20:.1f} MiB, over --max-mib "
+                            f"{args.max_mib}: "
                             "pack fewer modalities or patients")
         info = {"spacing_mm": list(preprocess.spacing_mm), "ct_window": preprocess.ct_window and list(
                 preprocess.ct_window), "axis_order": preprocess.axis_order, "img_size": img_size,
-                "max_zoom": max_zoom, "jitter": jitter, "margin": math.ceil(img_size * max_zoom / 2) + jitter + 2,
+                "max_zoom": max_zoom, "jitter": jitter,
+                "margin": math.ceil(img_size * max_zoom / 2) + jitter + 2,
                 "bits": args.bits, "modalities": args.modalities, "val_patients": args.val_patients,
                 "exclude_patients": args.exclude_patients, "source": str(args.data),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -263,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({'without' if ignored else 'WITH'} this set), {left / 2**20:.2f} MiB left"
               + (f" -> {(left - packed) / 2**20:.2f} MiB after carrying it" if ignored else ""))
         if (left - packed if ignored else left) < 0:
-            print("error: the working tree plus this set exceed what the device tool carries", file=sys.stderr)
+            print("error: the working tree plus this set exceed what the device tool carries",
+                  file=sys.stderr)
             return 2
         if not ignored:
             print(f"warning: {out} is not git-ignored: it travels as an untracked file", file=sys.stderr)
