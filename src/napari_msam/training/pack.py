@@ -88,8 +88,8 @@ def pack_cases(prepared: Sequence, *, val_patients: Sequence[str], ct_window, bi
         key = f"c{i:03d}"
         q, offset, scale = _quantise(np.asarray(pc.image, dtype=np.float32), pc.modality, ct_window, bits)
         arrays[f"{key}_image"] = np.frombuffer(lzma.compress(q.tobytes(), preset=preset), dtype=np.uint8)
-        bits_ = np.packbits(np.asarray(pc.label, dtype=bool).ravel()).tobytes()
-        arrays[f"{key}_label"] = np.frombuffer(lzma.compress(bits_, preset=preset), dtype=np.uint8)
+        label_bits = np.packbits(np.asarray(pc.label, dtype=bool).ravel()).tobytes()
+        arrays[f"{key}_label"] = np.frombuffer(lzma.compress(label_bits, preset=preset), dtype=np.uint8)
         entries.append({
             "key": key, "case_id": pc.case_id, "patient_id": pc.patient_id, "modality": pc.modality,
             "split": "val" if pc.patient_id in val else "train", "shape": [int(n) for n in q.shape],
