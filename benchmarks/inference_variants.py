@@ -2,7 +2,7 @@
 
 Why: before training anything, check whether the shipped weights can do better with a different decision
 rule at inference. Each variant changes one thing and is a prototype (a subclass or a patched view), not a
-Session option; docs/model-card.md ("Session 9") has the results.
+Session option; docs/model-card.md has the results.
 
     python benchmarks/inference_variants.py base thr:0.5 cc tta:2 rot:4 pr:1.0/4 --seeds 0 1 2 --out R.jsonl
     python benchmarks/inference_variants.py --summary R.jsonl

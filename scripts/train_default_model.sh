@@ -38,13 +38,13 @@ LONGER=(--clicks 10 --val-clicks 7 --click-prior 1.5 4.0 --lr 5e-4 --decoder-lr-
 # can zoom out on tumours larger than the 160 mm ROI
 ZOOM=(--zoom 2.0 --zoom-prob 0.5 --clicks 10 --val-clicks 7 --click-prior 1.5 4.0 --lr 4e-4
       --decoder-lr-factor 1.0 --warmup-steps 20 --milestones 35 44 --gamma 0.3 --val-every 5 --seed 2026)
-# stages 6-8 (session 5-6): lower lr; 7i adds intensity augmentation; 8p adds the PET volumes of the same
+# stages 6-8: lower lr; 7i adds intensity augmentation; 8p adds the PET volumes of the same
 # training patients (same contours: more appearance). Zoom and click prior are inherited from --init.
 LATE=(--clicks 10 --val-clicks 7 --lr 2.5e-4 --warmup-steps 10 --gamma 0.3 --val-every 5)
 STAGE6=("${LATE[@]}" --milestones 20 26 --seed 2027)
 STAGE7I=("${LATE[@]}" --milestones 16 21 --seed 2029 --intensity-aug 0.5)
 STAGE8P=("${LATE[@]}" --milestones 13 17 --seed 2030 --intensity-aug 0.5 --modalities ct mr pet --steps-per-epoch 30)
-# stage 9 (session 7): + half the crops turned 90 degrees in the axial plane (--rot90 0.5), seed 2032
+# stage 9: + half the crops turned 90 degrees in the axial plane (--rot90 0.5), seed 2032
 # (its sibling with seed 2031 and their weight average were measured and not shipped: docs/model-card.md)
 STAGE9R=("${STAGE8P[@]}" --rot90 0.5 --seed 2032)
 
