@@ -91,16 +91,51 @@ def test_session_shows_the_refined_mask_and_keeps_undo_reset_accept_exact():
     assert not s.current_mask.any()
 
 
+def _validated_on_mr():
+    """The stand-in model with the metadata of a checkpoint validated with edge refinement on MR."""
+    loaded = shrinking_loaded()
+    loaded.metadata = {"inference": {"edge_refine": ["mr"]}}
+    return loaded
+
+
 def test_auto_refines_mr_only_and_off_is_the_model():
     img, _ = _case()
     for modality, mode, refined in [("mr", "auto", True), ("ct", "auto", False), ("mr", "off", False)]:
-        s = Session(shrinking_loaded(), device="cpu", auto_extend=False, edge_refine=mode)
+        s = Session(_validated_on_mr(), device="cpu", auto_extend=False, edge_refine=mode)
         s.set_image(img, (1.0, 1.0, 1.0), modality=modality)
         s.add_click((20, 20, 20), True)
         assert s.refining is refined
         assert np.array_equal(s.current_mask, s.model_mask) is not refined
     with pytest.raises(MSAMError, match="edge_refine"):
         Session(shrinking_loaded(), device="cpu", edge_refine="yes")
+
+
+def test_auto_is_off_for_checkpoints_not_validated_with_it_and_on_still_works():
+    """Reference checkpoints (no "inference" metadata) give the model's own mask unless asked."""
+    img, _ = _case()
+    s = Session(shrinking_loaded(), device="cpu", auto_extend=False)
+    assert s.additions == {}
+    s.set_image(img, (1.0, 1.0, 1.0), modality="mr")
+    s.add_click((20, 20, 20), True)
+    assert not s.refining and s.additions == {}
+    np.testing.assert_array_equal(s.current_mask, s.model_mask)
+    s = Session(shrinking_loaded(), device="cpu", auto_extend=False, edge_refine="on")
+    s.set_image(img, (1.0, 1.0, 1.0), modality="mr")
+    s.add_click((20, 20, 20), True)
+    assert s.refining and set(s.additions) == {"edge_refine"}
+    assert set(Session(_validated_on_mr(), device="cpu").additions) == {"edge_refine"}
+
+
+def test_the_default_model_says_what_it_was_validated_with():
+    from napari_msam.default_model import load_default_model
+
+    s = Session(load_default_model("cpu"), device="cpu")
+    assert set(s.additions) == {"edge_refine", "click_prior", "roi_zoom"}
+    assert "mr" in s.additions["edge_refine"]
+    s.set_image(img := _case()[0], (1.0, 1.0, 1.0), modality="ct")
+    assert set(s.additions) == {"click_prior", "roi_zoom"}
+    s.set_image(img, (1.0, 1.0, 1.0), modality="mr")
+    assert s.refining
 
 
 def test_a_failing_refinement_leaves_the_session_as_before(monkeypatch):
