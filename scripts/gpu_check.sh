@@ -14,7 +14,8 @@ PY=${PY:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )
 DEVICE=${DEVICE:-cuda}
 O=${OUT:-runs/gpu_check}
 mkdir -p "$O"
-if [[ -n "${QUICK:-}" ]]; then R=(1 1 2 2); else R=(10 3 8 5); fi  # model, padded, session clicks, train steps
+if [[ -n "${QUICK:-}" ]]; then R=(1 1 2 2 1); else R=(10 3 8 5 3); fi  # model, padded, session clicks, train steps,
+                                                                       # session-vs-reference runs
 
 step() {  # step NAME SECONDS CMD...: run, log to $O/NAME.txt, record the exit code
     local name=$1 secs=$2; shift 2
@@ -40,6 +41,8 @@ else
         --padded-repeats "${R[1]}" --small-only --json "$O/bench_model.json"
 fi
 step bench_session 120 "$PY" benchmarks/bench_session.py --device "$DEVICE" --clicks "${R[2]}" --prediction tumour
+step bench_reference 240 "$PY" benchmarks/bench_reference_speed.py --device "$DEVICE" --threads 2 \
+    --repeats "${R[4]}" --json "$O/bench_reference.json"
 step bench_training 150 "$PY" benchmarks/bench_training.py --device "$DEVICE" --config msam-small --clicks 10 \
     --batch 2 --repeats "${R[3]}"
 echo "== done"; cat "$O/summary.txt"
