@@ -56,7 +56,7 @@ def _direct(model, x_model: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("axis_order", ["SPL", "RAS"])
-def test_one_roi_volume_reaches_the_model_unchanged_through_session_and_cli(axis_order, tmp_path):
+def test_one_roi_volume_reaches_the_model_unchanged_through_session_and_cli(axis_order, tmp_path, capsys):
     loaded, ckpt = _checkpoint(axis_order, tmp_path)
     x_model = _model_volume()
     expected = _direct(loaded.model, x_model)
@@ -87,6 +87,7 @@ def test_one_roi_volume_reaches_the_model_unchanged_through_session_and_cli(axis
             f = to_file_index(voxel)
             args += ["--point", f"{f[0]},{f[1]},{f[2]},{'+' if pos else '-'}"]
         assert cli.main(args) == 0
+        assert capsys.readouterr().out.rstrip().endswith("additions: none")  # the paper's output, said so
         mask_file = np.asanyarray(nib.load(str(tmp_path / f"m{k}.nii.gz")).dataobj) > 0
         got = array_to_model(model_to_array(torch.from_numpy(mask_file), "RAS"), axis_order).numpy()
         np.testing.assert_array_equal(got, expected[k])
@@ -95,3 +96,11 @@ def test_one_roi_volume_reaches_the_model_unchanged_through_session_and_cli(axis
 def to_file_index(voxel: tuple[int, int, int]) -> tuple[int, int, int]:
     """Array (SPL) index of a 32^3 volume -> index of its RAS+ NIfTI file."""
     return point_to_model(voxel, 32, "RAS")
+
+
+def test_segment_help_says_which_additions_run(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["segment", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "validated" in text and "reference SAM-Med3D / M-SAM checkpoints use none" in text
