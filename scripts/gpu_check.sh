@@ -4,6 +4,8 @@
 #
 #   run(command="bash scripts/gpu_check.sh", timeout_s=560)      # device tool, a CUDA machine
 #   DEVICE=cpu QUICK=1 bash scripts/gpu_check.sh                   # dry run here (minutes on 2 cores)
+#   PY=/path/to/venv/python ...                                    # a Python with torch, if not .venv/bin/python
+# Exit status: 0 when every step passed, 1 otherwise.
 #
 # Only torch, numpy, scipy and safetensors are needed (the device image has them); the package runs from
 # src/ without installing. Each step has its own timeout so one slow step cannot eat the others' time.
@@ -14,13 +16,16 @@ PY=${PY:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )
 DEVICE=${DEVICE:-cuda}
 O=${OUT:-runs/gpu_check}
 mkdir -p "$O"
-if [[ -n "${QUICK:-}" ]]; then R=(1 1 2 2); else R=(10 3 8 5); fi  # model, padded, session clicks, train steps
+if [[ -n "${QUICK:-}" ]]; then R=(1 1 2 2 1); else R=(10 3 8 5 3); fi  # model, padded, session clicks, train steps,
+                                                                       # session-vs-reference runs
 
+FAILS=0
 step() {  # step NAME SECONDS CMD...: run, log to $O/NAME.txt, record the exit code
     local name=$1 secs=$2; shift 2
     echo "== $name ($(date -u +%H:%M:%S))"
     timeout "$secs" "$@" > "$O/$name.txt" 2>&1
     local rc=$?
+    [[ $rc -eq 0 ]] || FAILS=$((FAILS + 1))
     echo "$name rc=$rc" | tee -a "$O/summary.txt"
     tail -n 15 "$O/$name.txt"
 }
@@ -40,6 +45,9 @@ else
         --padded-repeats "${R[1]}" --small-only --json "$O/bench_model.json"
 fi
 step bench_session 120 "$PY" benchmarks/bench_session.py --device "$DEVICE" --clicks "${R[2]}" --prediction tumour
+step bench_reference 240 "$PY" benchmarks/bench_reference_speed.py --device "$DEVICE" --threads 2 \
+    --repeats "${R[4]}" --json "$O/bench_reference.json"
 step bench_training 150 "$PY" benchmarks/bench_training.py --device "$DEVICE" --config msam-small --clicks 10 \
     --batch 2 --repeats "${R[3]}"
-echo "== done"; cat "$O/summary.txt"
+echo "== done ($FAILS failed)"; cat "$O/summary.txt"
+exit $(( FAILS > 0 ))

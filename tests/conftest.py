@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 DATA_DIR = Path(__file__).parent / "data"
+# like the default model's: validated with edge refinement on MR (napari_msam.additions)
+TINY_METADATA = {"kind": "own", "source": "tests", "inference": {"edge_refine": ["mr"]}}
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +23,7 @@ def tiny_loaded():
     model = build_model("msam-tiny").eval()
     pre = PreprocessConfig(spacing_mm=(2.0, 2.0, 2.0), ct_window=(-1000.0, 1000.0), normalization="zscore")
     return LoadedModel(model=model, config=get_config("msam-tiny"), preprocess=pre,
-                       metadata={"kind": "own", "source": "tests"}, path=None)
+                       metadata=dict(TINY_METADATA), path=None)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +31,7 @@ def tiny_checkpoint(tiny_loaded, tmp_path_factory) -> Path:
     from napari_msam.model import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, tiny_loaded.model, tiny_loaded.preprocess, {"kind": "own", "source": "tests"})
+    save_checkpoint(path, tiny_loaded.model, tiny_loaded.preprocess, dict(TINY_METADATA))
     return path
 
 

@@ -63,6 +63,12 @@ def test_segment_with_test_time_flips(tmp_path, threshold_loaded, monkeypatch, m
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(tmp_path / "m.nii.gz")).dataobj) > 0, ball)
 
 
+def _validated_on_mr(loaded):
+    """A stand-in checkpoint whose metadata says edge refinement was validated on MR (as the default model's)."""
+    loaded.metadata = {"inference": {"edge_refine": ["mr"]}}
+    return loaded
+
+
 @pytest.mark.parametrize("mode, modality, refined", [("auto", "mr", True), ("auto", "ct", False),
                                                       ("off", "mr", False), ("on", "other", True)])
 def test_segment_edge_refinement(tmp_path, monkeypatch, make_sphere, mode, modality, refined):
@@ -74,7 +80,7 @@ def test_segment_edge_refinement(tmp_path, monkeypatch, make_sphere, mode, modal
     img = np.random.default_rng(0).normal(0, 0.1, gt.shape).astype(np.float32) + 2.0 * gt
     p = tmp_path / "img.nii.gz"
     nib.save(nib.Nifti1Image(img, np.eye(4)), str(p))
-    monkeypatch.setattr(cli, "_load_model", lambda args: shrinking_loaded())
+    monkeypatch.setattr(cli, "_load_model", lambda args: _validated_on_mr(shrinking_loaded()))
     out = tmp_path / "m.nii.gz"
     rc = cli.main(["segment", str(p), "-o", str(out), "--point", "20,20,20", "--device", "cpu",
                    "--modality", modality, "--edge-refine", mode])
@@ -93,7 +99,7 @@ def test_segment_auto_modality_follows_the_file_name(tmp_path, monkeypatch, make
     img = np.random.default_rng(0).normal(0, 0.1, gt.shape).astype(np.float32) + 2.0 * gt
     p = tmp_path / name
     nib.save(nib.Nifti1Image(img, np.eye(4)), str(p))
-    monkeypatch.setattr(cli, "_load_model", lambda args: shrinking_loaded())
+    monkeypatch.setattr(cli, "_load_model", lambda args: _validated_on_mr(shrinking_loaded()))
     out = tmp_path / "m.nii.gz"
     assert cli.main(["segment", str(p), "-o", str(out), "--point", "20,20,20", "--device", "cpu"]) == 0
     d = dice(np.asanyarray(nib.load(str(out)).dataobj) > 0, gt)

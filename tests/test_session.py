@@ -128,7 +128,7 @@ def test_bad_inputs(tiny_loaded):
         s.set_image(np.zeros((8, 8, 8)), spacing=(1, 0, 1))
     with pytest.raises(MSAMError, match="modality"):
         s.set_image(np.zeros((8, 8, 8)), modality="pet")
-    s.set_image(np.zeros((8, 8, 8), np.float32))
+    s.set_image(np.arange(512, dtype=np.float32).reshape(8, 8, 8))  # a constant image is refused
     with pytest.raises(ClickOutsideError, match="outside"):
         s.add_click((8, 0, 0))
     with pytest.raises(ClickOutsideError, match="outside"):
@@ -141,14 +141,14 @@ def test_bad_inputs(tiny_loaded):
 
 
 def test_oom_falls_back_to_cpu(threshold_loaded, blob_case, monkeypatch):
-    import napari_msam.session as session_mod
+    import napari_msam.predictor as predictor_mod
 
     img, _ = blob_case
     s = Session(threshold_loaded, device="cpu", auto_extend=False)
     s.set_image(img, (1.0, 1.0, 1.0))
     s.device = "cuda:0"  # pretend: the ROI still goes to the CPU, the OOM below is simulated
-    real_prepare = session_mod.prepare_roi
-    monkeypatch.setattr(session_mod, "prepare_roi",
+    real_prepare = predictor_mod.prepare_roi
+    monkeypatch.setattr(predictor_mod, "prepare_roi",
                         lambda *a, geometry=None: real_prepare(*a[:6], "cpu", geometry=geometry))
     calls = {"n": 0}
     orig = threshold_loaded.model.encode
@@ -238,7 +238,7 @@ def test_paste_writes_only_what_can_change_and_undo_restores_it():
                              preprocess=PreprocessConfig(spacing_mm=(1.0, 1.0, 1.0), ct_window=None,
                                                          normalization="none"))
     s = Session(loaded, device="cpu", auto_extend=False)
-    s.set_image(np.zeros((40, 40, 40), np.float32), (1.0, 1.0, 1.0))
+    s.set_image(np.arange(40**3, dtype=np.float32).reshape(40, 40, 40), (1.0, 1.0, 1.0))  # not constant
     states = [s.current_mask.copy()]
     for v, pos in [((20, 20, 20), True), ((22, 20, 20), False), ((18, 21, 20), True), ((19, 20, 22), False)]:
         before = s.current_mask.copy()

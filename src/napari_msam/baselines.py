@@ -3,8 +3,8 @@
 Positive clicks seed the object (a ball of ``seed_mm``), negative clicks and the faces of a box around the
 clicks seed the background; the walker runs inside that box only (a margin of ``margin_mm`` around the clicks), so a
 click costs about as much on a 512^3 CT as on a small crop. Defaults (beta 4000, 8 mm seeds, 60 mm margin)
-were picked on the STS_024 MR crop (5 "center" clicks: Dice 0.55 -> 0.84); single-voxel seeds barely move
-the walker (Dice < 0.1).
+were picked by hand on the sample MR crop; seeds of a single voxel barely move the walker,
+hence the balls.
 """
 
 from __future__ import annotations
@@ -17,20 +17,21 @@ import numpy as np
 
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
 from .io import check_volume_array
-from .session import ClickResult
+from .session_like import ClickResult
 from .walker import click_ball, walk, zscore
 
 
 class RandomWalkerSession:
-    """Duck-typed like :class:`~napari_msam.session.Session` for ``run_protocol`` and the CLI."""
+    """A :class:`~napari_msam.session_like.SessionLike` for ``run_protocol`` and the CLI."""
 
     device = "cpu"
+    zoom = 1.0  # no ROI: the walker's box follows the clicks
 
     def __init__(self, beta: float = 4000.0, margin_mm: float = 60.0, seed_mm: float = 8.0,
                  mode: str = "cg_j", tol: float = 1e-4) -> None:
         self.beta, self.margin_mm, self.seed_mm, self.mode, self.tol = beta, margin_mm, seed_mm, mode, tol
         self._volume: np.ndarray | None = None
-        self.spacing = (1.0, 1.0, 1.0)
+        self.spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
         self._mask = np.zeros((0, 0, 0), bool)
         self._clicks: list[tuple[tuple[int, int, int], bool]] = []
         self._history: list[tuple[tuple[slice, ...], np.ndarray]] = []
@@ -42,7 +43,9 @@ class RandomWalkerSession:
         if volume.dtype.kind == "f" and not np.all(np.isfinite(volume)):
             raise InvalidVolumeError("the image has NaN or infinite voxels; replace them first")
         self._volume = volume
-        self.spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
+        if len(spacing) != 3 or not all(math.isfinite(float(v)) and float(v) > 0 for v in spacing):
+            raise InvalidVolumeError(f"spacing must be 3 positive numbers, got {tuple(spacing)}")
+        self.spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
         self.modality = modality
         self._mask = np.zeros(volume.shape, bool)
         self.reset()
@@ -58,7 +61,7 @@ class RandomWalkerSession:
         return v
 
     @property
-    def clicks(self):
+    def clicks(self) -> list[tuple[tuple[int, int, int], bool]]:
         return list(self._clicks)
 
     def reset(self) -> None:

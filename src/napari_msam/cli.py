@@ -51,8 +51,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model weights (.safetensors of napari-msam, or a SAM-Med3D / M-SAM .pth); "
                         "default: the embedded default model")
     p.add_argument("--modality", choices=("auto", "ct", "mr", "other"), default="auto",
-                   help="'ct' applies the model's CT window, 'mr' turns on edge refinement by default; 'auto': what "
-                        "a DICOM series says, else the file name (CT, MR, T1, ...), else CT for Hounsfield-like values")
+                   help="'ct' applies the model's CT window; 'auto': what a DICOM series says, else the file name "
+                        "(CT, MR, T1, ...), else CT for Hounsfield-like values")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--max-zoom", type=float, default=None, metavar="Z",
@@ -60,14 +60,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "out); default: what the checkpoint was trained with")
     from .session import MAX_TTA
 
-    p.add_argument("--tta", type=int, default=1, choices=range(1, MAX_TTA + 1), metavar="K",
-                   help="test-time flips: average K mirrored views of each ROI (1: off; K x slower; "
-                        "docs/session.md says what it measured)")
+    p.add_argument("--tta", type=int, default=None, choices=range(1, MAX_TTA + 1), metavar="K",
+                   help="test-time flips: average K mirrored views of each ROI (1: off; K x slower); default: "
+                        "what the checkpoint was validated with, else 1")
     from .edge_refine import EDGE_MODES
 
     p.add_argument("--edge-refine", choices=EDGE_MODES, default="auto",
                    help="snap the model's mask to image edges after each click (a random walker seeded by "
-                        "the model and the clicks); 'auto': MR only, where it helps (docs/session.md)")
+                        "the model and the clicks); 'auto': only on the modalities the checkpoint was validated "
+                        "on (the embedded default model: MR; reference checkpoints: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment one object from clicks, write the mask",
                          description="Clicks are voxel indices of the image array as nibabel loads it "
-                                     "(the file's own axis order), applied in order as refinement clicks.")
+                                     "(the file's own axis order), applied in order as refinement clicks. "
+                                     "Additions that are not M-SAM are active only where the checkpoint's "
+                                     "metadata says it was validated with them: the embedded default model "
+                                     "uses its click prior, zoom-out and edge refinement on MR; reference "
+                                     "SAM-Med3D / M-SAM checkpoints use none (the paper's output) unless "
+                                     "--edge-refine on, --tta or --max-zoom ask for them. The output line "
+                                     "names the additions that ran.")
     seg.add_argument("image", type=Path, help="NIfTI, TIFF, NRRD, MetaImage, or a DICOM folder / file")
     seg.add_argument("-o", "--output", type=Path, required=True, help="mask file (.nii.gz, .nii or .tif)")
     seg.add_argument("--point", action="append", type=_parse_point, required=True, metavar="I,J,K[,+|-]",
@@ -132,7 +139,7 @@ def _make_session(args, loaded):
 
     return Session(loaded, device=None if args.device == "auto" else args.device, threads=args.threads,
                    multi_click=getattr(args, "multi_click", False), max_zoom=getattr(args, "max_zoom", None),
-                   tta=getattr(args, "tta", 1), edge_refine=getattr(args, "edge_refine", "auto"))
+                   tta=getattr(args, "tta", None), edge_refine=getattr(args, "edge_refine", "auto"))
 
 
 def cmd_segment(args) -> int:
@@ -159,7 +166,9 @@ def cmd_segment(args) -> int:
     mask = session.current_mask.astype(np.uint8)
     out_affine = vol.original_affine if vol.original_affine is not None else vol.affine
     write_mask(args.output, vol.to_original(mask), out_affine)
-    print(f"{args.output}: {int(mask.sum())} voxels, {len(clicks)} click(s), {total:.2f} s, device {session.device}")
+    added = ", ".join(session.additions) or "none"
+    print(f"{args.output}: {int(mask.sum())} voxels, {len(clicks)} click(s), {total:.2f} s, device {session.device}, "
+          f"additions: {added}")
     return 0
 
 

@@ -4,9 +4,9 @@ Why: the model sees the ROI at 2.5 mm and predicts on 5 mm cells, and it reacts 
 clicks. A random walker (Grady 2006, scikit-image) on the native grid, seeded with the model's confident
 interior and exterior (voxels farther than ``band_mm`` from the model's boundary) and with a ball around
 every click, re-decides the band in between along image edges, and a click always wins over the model
-near it. Measured on the 6 validation patients (docs/model-card.md): on MR, Dice@10 with random clicks
-rises from 0.72 to 0.78 with the shipped model (0.68 to 0.73 and 0.74 to 0.76 with earlier ones); on CT
-the soft-tissue edges are weak and it does not help, so the Session's ``"auto"`` mode refines MR only.
+near it. It helps on MR and not on CT with the default model (docs/model-card.md), so the Session's
+``"auto"`` mode refines only images of the modalities a checkpoint was validated on
+(:mod:`napari_msam.additions`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from .walker import click_ball, walk, zscore
 
 Box = tuple[slice, slice, slice]
 EDGE_MODES = ("auto", "on", "off")
-AUTO_MODALITIES = ("mr",)  # where "auto" refines (measured: it helps on MR, not on CT)
+AUTO_MODALITIES = ("mr",)  # where it was measured to help the default model (not on CT)
 
 
-def applies(mode: str, modality: str) -> bool:
-    """Whether a Session in ``mode`` refines an image of ``modality``."""
+def applies(mode: str, modality: str, validated: Sequence[str] = AUTO_MODALITIES) -> bool:
+    """Whether a Session in ``mode`` refines an image of ``modality``; ``"auto"`` refines the modalities
+    the checkpoint was ``validated`` on."""
     if mode not in EDGE_MODES:
         raise MSAMError(f"edge_refine must be one of {EDGE_MODES}, got {mode!r}")
-    return mode == "on" or (mode == "auto" and modality in AUTO_MODALITIES)
+    return mode == "on" or (mode == "auto" and modality in tuple(validated))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The N-click protocol (paper / reference) and dataset evaluation, shared by the widget, CLI and benchmarks.
 
-``run_protocol`` drives anything with the session interface (``reset``, ``add_click``, ``current_mask``,
-``spacing``, ``shape``): the M-SAM :class:`~napari_msam.session.Session` or the random-walker baseline.
+``run_protocol`` drives anything with the session interface (:class:`~napari_msam.session_like.SessionLike`):
+the M-SAM :class:`~napari_msam.session.Session` or the random-walker baseline.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from .clicks import STRATEGIES, next_click
 from .errors import MSAMError
 from .metrics import dice, iou, noc
+from .session_like import ClickResult, SessionLike
 
 NOC_THRESHOLDS = (80, 85, 90)
 CSV_COLUMNS = ("case", "click", "dice", "iou", "positive", "seconds")
@@ -94,12 +95,12 @@ def ground_truth_mask(gt: np.ndarray, label: int | None = None) -> np.ndarray:
 
 
 def run_protocol(
-    session: Any,
+    session: SessionLike,
     gt: np.ndarray,
     n_clicks: int = 10,
     strategy: str = "random",
     seed: int = 0,
-    callback: Callable[[ClickRecord, Any], bool | None] | None = None,
+    callback: Callable[[ClickRecord, ClickResult], bool | None] | None = None,
     *,
     label: int | None = None,
 ) -> ProtocolResult:
@@ -130,7 +131,7 @@ def run_protocol(
         seconds = time.perf_counter() - t0
         pred = session.current_mask
         rec = ClickRecord(k, voxel, positive, dice(pred, mask), iou(pred, mask), seconds,
-                          dict(getattr(result, "timings", {}) or {}))
+                          dict(result.timings))
         records.append(rec)
         if callback is not None and callback(rec, result) is False:
             stopped = "cancelled"
@@ -172,7 +173,7 @@ def load_case(case: Case):
 
 def evaluate_cases(
     cases: Sequence[Case],
-    session: Any,
+    session: SessionLike,
     *,
     n_clicks: int = 10,
     strategy: str = "random",

@@ -50,6 +50,21 @@ def model_to_array(t: torch.Tensor, axis_order: str) -> torch.Tensor:
     raise MSAMError(f"unknown axis_order {axis_order!r}; expected one of {AXIS_ORDERS}")
 
 
+def model_centre_in_array(side: int, axis_order: str) -> tuple[int, int, int]:
+    """Grid index, in array axes, of model voxel ``side // 2`` on every model axis: the ROI's anchor.
+
+    The ROI is centred in the model's own axis order, so that a volume of exactly one ROI clicked at its
+    model centre reaches the model unshifted whatever the axis order (RAS flips two axes, where the
+    model's voxel ``side // 2`` is the array's ``side - 1 - side // 2``).
+    """
+    m = side // 2
+    if axis_order == "SPL":
+        return (m, m, m)
+    if axis_order == "RAS":
+        return (m, side - 1 - m, side - 1 - m)
+    raise MSAMError(f"unknown axis_order {axis_order!r}; expected one of {AXIS_ORDERS}")
+
+
 def point_to_model(p: Sequence[int], side: int, axis_order: str) -> tuple[int, int, int]:
     """Grid index (a, b, c) in array axes -> index in model axes on a grid of ``side``."""
     a, b, c = (int(v) for v in p)
@@ -93,9 +108,15 @@ class RoiGeometry:
         return (out[0], out[1], out[2])
 
     @property
+    def anchor(self) -> tuple[int, int, int]:
+        """Grid index (array axes) of the model's centre voxel (:func:`model_centre_in_array`)."""
+        return model_centre_in_array(self.size, self.axis_order)
+
+    @property
     def center(self) -> tuple[float, float, float]:
-        """Native continuous index of model voxel size/2 (the click that created the ROI)."""
-        return tuple(self.start[a] + (self.size / 2) * self.step[a] for a in range(3))  # type: ignore[return-value]
+        """Native continuous index of the model's centre voxel (the click that created the ROI)."""
+        anchor = self.anchor
+        return tuple(self.start[a] + anchor[a] * self.step[a] for a in range(3))  # type: ignore[return-value]
 
     def contains(self, voxel: Sequence[int]) -> bool:
         """True when the native voxel lies inside the ROI (and the volume)."""
@@ -136,7 +157,8 @@ def roi_geometry(
     img_size: int,
     axis_order: str = "SPL",
 ) -> RoiGeometry:
-    """ROI of ``img_size`` model voxels at ``model_spacing`` with model voxel ``img_size // 2`` at ``center``."""
+    """ROI of ``img_size`` model voxels at ``model_spacing`` with model voxel ``img_size // 2`` (in the
+    model's axis order, on every axis) at ``center``."""
     if axis_order not in AXIS_ORDERS:
         raise MSAMError(f"unknown axis_order {axis_order!r}; expected one of {AXIS_ORDERS}")
     if len(shape) != 3 or len(spacing) != 3 or len(center) != 3:
@@ -150,7 +172,8 @@ def roi_geometry(
                 f"point {tuple(center)} is outside the volume of shape {tuple(int(s) for s in shape)}"
             )
     step = tuple(float(model_spacing[a]) / sp[a] for a in range(3))
-    start = tuple(float(center[a]) - (img_size / 2) * step[a] for a in range(3))
+    anchor = model_centre_in_array(int(img_size), axis_order)
+    start = tuple(float(center[a]) - anchor[a] * step[a] for a in range(3))
     return RoiGeometry(
         start=start,  # type: ignore[arg-type]
         step=step,  # type: ignore[arg-type]
