@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from typing import Any
 
@@ -13,20 +14,34 @@ from ..errors import MSAMError
 log = logging.getLogger(__name__)
 
 
+def _positional_limit(method: Any) -> int | None:
+    """How many positional arguments ``method`` takes after ``self`` (None: any number)."""
+    params = list(inspect.signature(method).parameters.values())[1:]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
 def friendly(method: Any) -> Any:
-    """Decorate GUI entry points (buttons, keys, layer events): errors become a message, not a traceback."""
+    """Decorate GUI entry points (buttons, keys, layer events): errors become a message, not a traceback.
+
+    The decorated object reports through its own ``error(text)``.
+    Qt's ``clicked(bool)`` hands a ``checked`` flag to whatever slot it is connected to; arguments beyond
+    what the method takes are dropped, so a button can be connected to the method itself.
+    """
+    limit = _positional_limit(method)
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if limit is not None:
+            args = args[:limit]
         try:
             return method(self, *args, **kwargs)
         except MSAMError as exc:
-            target = getattr(self, "seg", self)
-            target.error(str(exc))
+            self.error(str(exc))
         except Exception as exc:
             log.warning("napari-msam: %s failed", method.__name__, exc_info=True)
-            target = getattr(self, "seg", self)
-            target.error(f"unexpected {type(exc).__name__}: {exc}")
+            self.error(f"unexpected {type(exc).__name__}: {exc}")
         return None
 
     return wrapper
