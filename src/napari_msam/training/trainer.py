@@ -627,6 +627,8 @@ class Trainer:
                 self._emit(TrainEvent("step", epoch=epoch + 1, epochs=cfg.epochs, step=step, steps=steps,
                                       global_step=global_step, loss=loss_val, lr=cfg.lr * lr_f,
                                       elapsed_s=time.perf_counter() - t0))
+            if not info.enabled and self._cancel.is_set():  # pressed during the epoch's last step
+                cancelled = True
             if cancelled or stopped_by_time:
                 break
             # end of epoch: validate, checkpoint

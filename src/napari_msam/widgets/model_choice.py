@@ -24,6 +24,7 @@ class ModelChoice:
         self.seg = seg
         self.requested = False
         self.device_shown = "?"
+        self.warning: str | None = None  # shown once the next model is loaded (e.g. an untrained model)
         seg.model_combo.currentIndexChanged.connect(self.load)
         seg.model_path.editingFinished.connect(self.load)
         seg.browse_btn.clicked.connect(self.browse)
@@ -100,7 +101,12 @@ class ModelChoice:
             seg.error(f"model not loaded: {result.error}.{hint}")
             return
         self.on_setup_done(result)
-        seg.show_message(f"model ready on {self.device_shown} ({result.seconds:.1f} s)")
+        warning, self.warning = self.warning, None
+        if warning:
+            seg.model_info.setText(seg.model_info.text() + f"<br><span style='color:#ffb74d'>{esc_html(warning)}</span>")
+            seg.show_message(f"model loaded, but {warning}", "warning")
+        else:
+            seg.show_message(f"model ready on {self.device_shown} ({result.seconds:.1f} s)")
 
     def on_setup_done(self, result: JobResult) -> None:
         seg = self.seg
