@@ -378,6 +378,7 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
         name = open_volume_dialog(self, self.viewer)
         if name:
             self.image_combo.setCurrentText(name)
+            self._ready_prompts()  # the ground truth, added last, took the selection
             self.show_message(f"opened {name!r}: click inside the object")
 
     @friendly
