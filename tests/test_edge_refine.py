@@ -130,3 +130,71 @@ def test_block_means_keep_partial_blocks_and_clamp_ct():
     assert out.shape == (3, 2, 1)
     np.testing.assert_allclose(out[:, 0, 0], [0.5, 2.5, 4.0])  # the last block of 1 plane is its own mean
     np.testing.assert_allclose(_block_mean(np.full((2, 2, 2), 3000.0, np.float32), (2, 2, 2), "ct"), 1000.0)
+
+
+def _mirror(display: np.ndarray, r) -> None:
+    """What a viewer does with a ClickResult: write its mask into its box."""
+    display[r.bbox] = r.mask
+
+
+def test_two_phase_refinement_matches_the_eager_session_and_keeps_undo_accept_exact():
+    img, gt = _case()
+    refiner = EdgeRefiner(band_mm=4.0, seed_mm=2.0, grid_mm=1.0)
+    clicks = [((20, 20, 20), True), ((20, 20, 28), False), ((14, 20, 20), True)]
+    eager = Session(shrinking_loaded(), device="cpu", auto_extend=False, edge_refine=refiner)
+    lazy = Session(shrinking_loaded(), device="cpu", auto_extend=False, edge_refine=refiner)
+    for s in (eager, lazy):
+        s.set_image(img, (1.0, 1.0, 1.0), modality="mr")
+    display = np.zeros(gt.shape, bool)
+    states = []
+    for voxel, pos in clicks:
+        eager.add_click(voxel, pos)
+        r = lazy.add_click(voxel, pos, refine_edges=False)
+        _mirror(display, r)
+        assert lazy.edges_pending and r.timings.get("edges") is None
+        np.testing.assert_array_equal(lazy.current_mask, lazy.model_mask)  # the network's answer first
+        np.testing.assert_array_equal(display, lazy.current_mask)
+        np.testing.assert_array_equal(lazy.model_mask, eager.model_mask)
+        r2 = lazy.refine_edges()
+        assert r2 is not None and r2.timings["edges"] > 0 and not lazy.edges_pending
+        _mirror(display, r2)
+        np.testing.assert_array_equal(lazy.current_mask, eager.current_mask)
+        np.testing.assert_array_equal(display, lazy.current_mask)
+        assert lazy.refine_edges() is None  # nothing pending any more
+        states.append(eager.current_mask.copy())
+    assert not np.array_equal(states[-1], lazy.model_mask)  # refinement did change the mask
+    # a pending click undone: back to the refined state before it, and the viewer follows the box
+    _mirror(display, lazy.add_click((20, 26, 20), False, refine_edges=False))
+    _mirror(display, lazy.undo())
+    assert not lazy.edges_pending
+    np.testing.assert_array_equal(lazy.current_mask, states[-1])
+    np.testing.assert_array_equal(display, states[-1])
+    # two pending clicks, one undone: the earlier one is pending again and refines like the eager session
+    lazy.undo()
+    eager.undo()
+    _mirror(display, lazy.add_click(*clicks[2], refine_edges=False))
+    _mirror(display, lazy.add_click((20, 26, 20), False, refine_edges=False))
+    _mirror(display, lazy.undo())
+    assert lazy.edges_pending
+    np.testing.assert_array_equal(display, lazy.current_mask)
+    eager.add_click(*clicks[2])
+    _mirror(display, lazy.refine_edges())
+    np.testing.assert_array_equal(lazy.current_mask, states[-1])
+    np.testing.assert_array_equal(display, states[-1])
+    # accept applies a pending refinement first: the frozen object is the same either way
+    eager.add_click((20, 26, 20), False)
+    lazy.add_click((20, 26, 20), False, refine_edges=False)
+    assert lazy.accept() == eager.accept() == 1
+    np.testing.assert_array_equal(lazy.labels, eager.labels)
+    lazy.add_click((20, 20, 20), True, refine_edges=False)
+    lazy.reset()
+    assert not lazy.edges_pending and not lazy.current_mask.any() and lazy.refine_edges() is None
+
+
+def test_refine_edges_is_none_when_the_session_does_not_refine():
+    img, _ = _case()
+    s = Session(shrinking_loaded(), device="cpu", auto_extend=False, edge_refine="off")
+    s.set_image(img, (1.0, 1.0, 1.0), modality="mr")
+    r = s.add_click((20, 20, 20), True, refine_edges=False)
+    assert not s.edges_pending and s.refine_edges() is None
+    np.testing.assert_array_equal(s.current_mask[r.bbox], r.mask)

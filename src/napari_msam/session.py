@@ -78,6 +78,7 @@ class _Step:
     patches: list[tuple[Box, np.ndarray]] = field(default_factory=list)
     shown_extent: Box | None = None  # edge refinement: the refined object's box before the click
     shown_patch: tuple[Box, np.ndarray] | None = None  # and the refined voxels the click overwrote
+    pending: bool = False  # whether edge refinement was pending before the click
 
 
 def _empty(b: Box) -> bool:
@@ -280,6 +281,7 @@ class Session:
         # a box holding every True voxel of the current object (None: empty); may be loose, never too small
         self._extent: Box | None = None
         self._shown_extent: Box | None = None  # a box holding every True voxel of ``_shown``
+        self._pending = False  # the latest step's edge refinement is deferred (``refine_edges``)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -288,8 +290,8 @@ class Session:
     @property
     def current_mask(self) -> np.ndarray:
         """Bool mask of the current object over the whole volume (a read-only view, no copy); edge-refined
-        when refinement applies to this image (``refining``)."""
-        v = (self._mask if self._shown is None else self._shown).view()
+        when refinement applies to this image (``refining``) and is not pending (``edges_pending``)."""
+        v = (self._mask if self._shows_model() else self._shown).view()
         v.flags.writeable = False
         return v
 
@@ -304,6 +306,18 @@ class Session:
     def refining(self) -> bool:
         """Whether the current image's masks are edge-refined (``edge_refine`` and the image's modality)."""
         return self._shown is not None
+
+    @property
+    def edges_pending(self) -> bool:
+        """Whether the latest click's edge refinement was deferred (``add_click(refine_edges=False)``):
+        until :meth:`refine_edges` runs, ``current_mask`` is the model's mask."""
+        return self._pending
+
+    def _shows_model(self) -> bool:
+        return self._shown is None or self._pending
+
+    def _display_extent(self) -> Box | None:
+        return self._extent if self._shows_model() else self._shown_extent
 
     @property
     def clicks(self) -> list[tuple[tuple[int, int, int], bool]]:
@@ -336,8 +350,11 @@ class Session:
         self._reset_object()
 
     def accept(self) -> int:
-        """Freeze the current object into ``labels`` under its id and start the next object."""
+        """Freeze the current object into ``labels`` under its id and start the next object. A pending
+        edge refinement is applied first, so the frozen object does not depend on when it ran."""
         self._require_image()
+        if self._pending:
+            self.refine_edges()
         mask, box = (self._mask, self._extent) if self._shown is None else (self._shown, self._shown_extent)
         if box is None or not mask[box].any():
             raise MSAMError("the current object is empty: add a click before accepting")
@@ -667,13 +684,20 @@ class Session:
                 queue.append(len(self._windows) - 1)
 
     # ------------------------------------------------------------------ public actions
-    def add_click(self, voxel: tuple[int, int, int], positive: bool = True) -> ClickResult:
-        """One refinement iteration with a click at ``voxel`` (array indices); returns what changed."""
+    def add_click(self, voxel: tuple[int, int, int], positive: bool = True, *,
+                  refine_edges: bool = True) -> ClickResult:
+        """One refinement iteration with a click at ``voxel`` (array indices); returns what changed.
+
+        ``refine_edges=False`` returns the model's mask at once and leaves the edge refinement of this click
+        pending (``edges_pending``), so a viewer can show the network's answer before the slower walker
+        runs; :meth:`refine_edges` then applies it. The default applies it before returning.
+        """
         t0 = time.perf_counter()
         v = self._check_voxel(voxel)
         timings = {"encode": 0.0, "refine": 0.0, "paste": 0.0}
         step = _Step(windows=list(self._windows), clicks=list(self._clicks), extent=self._extent, zoom=self._zoom,
-                     shown_extent=self._shown_extent)
+                     shown_extent=self._shown_extent, pending=self._pending)
+        shows_model, shown_before = self._shows_model(), self._display_extent()
         self._clicks.append((v, bool(positive)))
         label = 1 if positive else 0
         try:
@@ -705,16 +729,16 @@ class Session:
                 if self._touching_faces(self._windows[index]):
                     self._extend(index, step, timings)
             if self._shown is not None:
-                self._refine_edges(step, timings)
+                if refine_edges:
+                    self._refine_edges(step, timings)
+                    self._pending = False
+                else:
+                    self._pending = True
         except BaseException:
             self._restore(step)
             raise
         self._history.append(step)
-        changed: Box | None = None
-        for b, _ in step.patches:
-            changed = _union(changed, b)
-        if step.shown_patch is not None:
-            changed = _union(changed, step.shown_patch[0])
+        changed = self._changed(step, shows_model, shown_before)
         assert changed is not None
         probs = None
         if self.return_probabilities and self._shown is None and (single or len(step.patches) == 1):
@@ -740,10 +764,45 @@ class Session:
         self._shown_extent = _tight_box(seg, box)
         timings["edges"] = time.perf_counter() - t0
 
+    def refine_edges(self) -> ClickResult | None:
+        """Apply the pending edge refinement of the latest click (see ``add_click(refine_edges=False)``);
+        returns what changed, as ``add_click`` does. None when this image is not refined (``refining``)
+        or nothing is pending. Undo then restores the state before that click, as for an eager click."""
+        if self._shown is None or not self._pending or not self._history:
+            return None
+        t0 = time.perf_counter()
+        step = self._history[-1]
+        shown_before = self._display_extent()
+        timings = {"encode": 0.0, "refine": 0.0, "paste": 0.0}
+        self._refine_edges(step, timings)
+        self._pending = False
+        changed = _union(shown_before, step.shown_patch[0]) if step.shown_patch is not None else shown_before
+        if changed is None:
+            changed = (slice(0, 0),) * 3  # type: ignore[assignment]
+        assert changed is not None
+        timings["total"] = time.perf_counter() - t0
+        return ClickResult(bbox=changed, mask=self.current_mask[changed].copy(), probabilities=None,
+                           timings=timings, object_id=self._next_id)
+
+    def _changed(self, step: _Step, shows_model: bool, shown_before: Box | None) -> Box | None:
+        """The box a click or an undo changed in ``current_mask``: the written boxes, plus both objects'
+        boxes when what is shown switched between the model's and the edge-refined mask."""
+        changed: Box | None = None
+        for b, _ in step.patches:
+            changed = _union(changed, b)
+        if step.shown_patch is not None:
+            changed = _union(changed, step.shown_patch[0])
+        if shows_model != self._shows_model():
+            for b in (shown_before, self._display_extent()):
+                if b is not None:
+                    changed = _union(changed, b)
+        return changed
+
     def _restore(self, step: _Step) -> None:
         if step.shown_patch is not None and self._shown is not None:
             self._shown[step.shown_patch[0]] = step.shown_patch[1]
         self._shown_extent = step.shown_extent
+        self._pending = step.pending
         for box, old in reversed(step.patches):
             self._mask[box] = old
         self._windows = list(step.windows)
@@ -757,12 +816,9 @@ class Session:
             return None
         t0 = time.perf_counter()
         step = self._history.pop()
+        shows_model, shown_before = self._shows_model(), self._display_extent()
         self._restore(step)
-        changed: Box | None = None
-        for b, _ in step.patches:
-            changed = _union(changed, b)
-        if step.shown_patch is not None:
-            changed = _union(changed, step.shown_patch[0])
+        changed = self._changed(step, shows_model, shown_before)
         if changed is None:
             changed = (slice(0, 0),) * 3  # type: ignore[assignment]
         assert changed is not None
