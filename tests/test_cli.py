@@ -143,7 +143,7 @@ def test_evaluate_cli_msam_and_random_walker(tmp_path, capsys, tiny_checkpoint, 
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "NoC@90" in capsys.readouterr().out
     rc = cli.main(["evaluate", str(d), "--csv", str(csv_path), "--clicks", "2", "--method", "random-walker",
-                   "--no-progress"])
+                   "--no-progress", "--overwrite"])
     assert rc == 0
     rows = csv_path.read_text().strip().splitlines()
     assert len(rows) == 3 and float(rows[-1].split(",")[2]) > 0.3

@@ -125,6 +125,6 @@ def test_cli_segment_series_option(tmp_path, threshold_loaded, monkeypatch, make
     argv = ["segment", str(folder), "-o", str(out), "--point", "6,5,4", "--device", "cpu"]
     assert cli.main(argv) == 2  # several series, no choice
     for choice in (uid, "1"):
-        assert cli.main([*argv, "--series", choice]) == 0
+        assert cli.main([*argv, "--series", choice, "--overwrite"]) == 0
         m = np.asanyarray(nib.load(str(out)).dataobj) > 0
         np.testing.assert_array_equal(m, ball)  # (column, row, slice) = the series' file index order

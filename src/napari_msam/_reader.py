@@ -20,15 +20,14 @@ from .io import (
     DicomSeries,
     Volume,
     can_read,
-    guess_modality,  # noqa: F401  (re-exported: older code and tests import it from here)
+    file_stem,
+    guess_modality,  # noqa: F401  (re-exported: code and tests import it from here)
     is_dicom_file,
     list_dicom_series,
     read_volume,
     volume_modality,
 )
 
-# longest first, so a stem drops the whole double suffix (".nii.gz")
-_SUFFIXES = tuple(sorted(READ_SUFFIXES, key=len, reverse=True))
 # "mask", "label(s)" anywhere; "seg" / "segs" / "segm(entation)" (not "segundo"); "gt", "gtv", "roi" as words.
 _LABEL_NAME = re.compile(
     r"(mask|label|seg(?:$|[_\-. 0-9]|m|s(?:$|[_\-. 0-9]))|(?:^|[_\-. ])(?:gt|gtv|roi)(?:[_\-. 0-9]|$))",
@@ -37,14 +36,6 @@ _LABEL_NAME = re.compile(
 _MAX_LABEL_VALUES = 64  # more distinct integer values than this look like an image, not a label map
 
 LayerData = tuple[Any, dict[str, Any], str]
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for s in _SUFFIXES:
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return path.stem
 
 
 def _supported(path: str | Path) -> bool:
@@ -80,7 +71,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 def name_looks_like_label(path: str | Path) -> bool:
     """True for file names such as ``CT_mask.nii.gz``, ``labels.tif``, ``case1_seg.nii``."""
-    return bool(_LABEL_NAME.search(_stem(Path(path))))
+    return bool(_LABEL_NAME.search(file_stem(Path(path))))
 
 
 def data_looks_like_label(data: np.ndarray) -> bool:
@@ -122,6 +113,7 @@ def volume_to_layer_data(vol: Volume, name: str, as_label: bool | None = None) -
     if as_label is None:
         as_label = vol.is_label or name_looks_like_label(name) or data_looks_like_label(vol.data)
     meta = volume_metadata(vol)
+    meta["source_kind"] = "labels" if as_label else "image"  # the writer may replace a labels file, not an image
     kwargs: dict[str, Any] = {"name": name, "scale": tuple(float(s) for s in vol.spacing), "metadata": meta}
     if as_label:
         data = vol.data
@@ -200,7 +192,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             continue
         is_label = name_looks_like_label(p)
         vol = _read(p, is_label=is_label)
-        layers.append(volume_to_layer_data(vol, _stem(p), as_label=True if is_label else None))
+        layers.append(volume_to_layer_data(vol, file_stem(p), as_label=True if is_label else None))
     for folder, files in dicom_files.items():
         layers.extend(_dicom_layers(folder, files))
     return layers

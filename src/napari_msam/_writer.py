@@ -3,17 +3,19 @@
 The layer metadata written by the reader or by the Segment widget carry the source image's affine and
 orientation; with them the mask is written back on the source file's own array grid, so it overlays the
 original image in any other tool. Without them the layer's ``scale`` gives a diagonal affine.
+
+napari asks before it replaces an existing file, so the writer may replace one; but never the image
+the labels were drawn on (``source_path`` of an image layer, copied to its Labels layer).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import MSAMError
-from .io import inverse_ornt, write_mask
+from .io import c_contiguous, check_output, inverse_ornt, write_mask
 
 _SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif")
 
@@ -46,14 +48,15 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         raise MSAMError(f"labels must be integers, got {arr.dtype}")
     affine, spacing = _geometry(arr.shape, attributes)
     meta = attributes.get("metadata") or {}
-    out = Path(path)
+    image_source = meta.get("source_path") if meta.get("source_kind", "image") != "labels" else None
+    out = check_output(path, inputs=[image_source], overwrite=True)
     if out.name.lower().endswith((".nii", ".nii.gz")):
         ornt, orig_affine = meta.get("ornt"), meta.get("original_affine")
         orig_shape = meta.get("original_shape")
         if ornt is not None and orig_affine is not None:
             from nibabel.orientations import apply_orientation
 
-            back = np.ascontiguousarray(apply_orientation(arr, inverse_ornt(np.asarray(ornt, float))))
+            back = c_contiguous(apply_orientation(arr, inverse_ornt(np.asarray(ornt, float))))
             if orig_shape is None or tuple(back.shape) == tuple(orig_shape):
                 write_mask(out, back, np.asarray(orig_affine, dtype=float))
                 return [str(out)]

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DICOM folder with several series: the SeriesInstanceUID or the index "
                           "(0 = lowest series number)")
     seg.add_argument("--multi-click", action="store_true", help="feed all clicks at every step")
+    seg.add_argument("--overwrite", action="store_true", help="replace an existing output file (never the input)")
     _add_model_args(seg)
 
     ev = sub.add_parser("evaluate", help="simulated-click evaluation over a data folder",
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", type=int, default=None, help="evaluate this label id (default: all labels > 0)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N cases")
     ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--overwrite", action="store_true", help="replace existing --csv / --plot files")
     _add_model_args(ev)
 
     tr = sub.add_parser("train", help="train a model (see napari_msam.training)")
@@ -133,9 +135,11 @@ def _make_session(args, loaded):
 def cmd_segment(args) -> int:
     import numpy as np
 
-    from .io import read_volume, volume_modality, write_mask
+    from .io import MASK_SUFFIXES, check_output, check_segmentable, read_volume, volume_modality, write_mask
 
+    check_output(args.output, inputs=[args.image], overwrite=args.overwrite, suffixes=MASK_SUFFIXES)
     vol = read_volume(args.image, channel=args.channel, series=args.series)
+    check_segmentable(vol.data, args.image)
     clicks = [(vol.original_index_to_array(ijk), pos) for ijk, pos in args.point]
     if not clicks[0][1]:
         raise CLIError("the first --point must be positive (it defines the object)")
@@ -158,12 +162,18 @@ def cmd_segment(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from . import evaluation as ev
+    from .io import check_output
 
     if args.clicks < 1:
         raise CLIError("--clicks must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    check_output(args.csv, inputs=[args.data_dir], overwrite=args.overwrite, suffixes=(".csv",))
+    if args.plot is not None:
+        check_output(args.plot, inputs=[args.data_dir, args.csv], overwrite=args.overwrite, suffixes=(".png",))
     cases = ev.find_cases(args.data_dir)
     if args.limit is not None:
-        cases = cases[: max(args.limit, 0)]
+        cases = cases[: args.limit]
     if args.method == "msam":
         session = _make_session(args, _load_model(args))
     else:

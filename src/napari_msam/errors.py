@@ -20,3 +20,11 @@ class ClickOutsideError(MSAMError):
 
 class ModelNotFoundError(MSAMError):
     """No checkpoint was found where one was expected (e.g. the embedded default model)."""
+
+
+class OutputError(MSAMError):
+    """An output path that must not be written: an input file, a folder, a missing folder, a wrong suffix."""
+
+
+class OutputExistsError(OutputError):
+    """The output file exists and replacing it was not asked for (CLI: ``--overwrite``)."""

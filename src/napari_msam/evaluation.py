@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,69 +146,13 @@ class Case:
     label: Path
 
 
-_NII = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-
-
-def _stem(p: Path) -> str:
-    return _NII.sub("", p.name)
-
-
 def find_cases(data_dir: str | Path) -> list[Case]:
-    """Image/label pairs under ``data_dir``, in one of three layouts (checked in this order):
+    """Image/label pairs under ``data_dir`` by the one dataset finder (:func:`napari_msam.io.find_pairs`)."""
+    from .io import find_pairs
 
-    * MSD: ``imagesTr/X.nii.gz`` (or ``X_0000.nii.gz``) with ``labelsTr/X.nii.gz``;
-    * ``*_image*.nii.gz`` with ``*_mask.nii.gz`` in the same folder, any depth
-      (``STS_024/MR_T1_image.nii.gz`` + ``STS_024/MR_T1_mask.nii.gz`` -> case ``STS_024/MR_T1``);
-    * ``X.nii.gz`` with ``X_label.nii.gz`` in the same folder, any depth.
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise MSAMError(f"{root}: not a folder")
-    cases: list[Case] = []
-    images, labels = root / "imagesTr", root / "labelsTr"
-    if images.is_dir() and labels.is_dir():
-        lab = {_stem(p): p for p in labels.iterdir() if _NII.search(p.name)}
-        for p in sorted(images.iterdir()):
-            if not _NII.search(p.name) or p.name.startswith("."):
-                continue
-            s = _stem(p)
-            key = s if s in lab else re.sub(r"_\d{4}$", "", s)
-            if key in lab:
-                cases.append(Case(key, p, lab[key]))
-        if not cases:
-            raise MSAMError(f"{root}: imagesTr/ and labelsTr/ hold no matching names")
-        return cases
-    seen: set[Path] = set()
-    for p in sorted(root.rglob("*")):
-        if not _NII.search(p.name) or p.name.startswith("."):
-            continue
-        s = _stem(p)
-        m = re.match(r"^(.*)_image.*$", s)
-        if m:
-            for cand in (p.with_name(f"{m.group(1)}_mask{ext}") for ext in (".nii.gz", ".nii")):
-                if cand.exists():
-                    rel = p.parent.relative_to(root)
-                    name = m.group(1) if str(rel) == "." else f"{rel.as_posix()}/{m.group(1)}"
-                    cases.append(Case(name, p, cand))
-                    seen.update((p, cand))
-                    break
-    for p in sorted(root.rglob("*")):
-        if p in seen or not _NII.search(p.name) or p.name.startswith("."):
-            continue
-        s = _stem(p)
-        if s.endswith("_label") or s.endswith("_mask"):
-            continue
-        for cand in (p.with_name(f"{s}_label{ext}") for ext in (".nii.gz", ".nii")):
-            if cand.exists() and cand not in seen:
-                rel = p.parent.relative_to(root)
-                name = s if str(rel) == "." else f"{rel.as_posix()}/{s}"
-                cases.append(Case(name, p, cand))
-                break
+    cases = [Case(p.name, p.image, p.label) for p in find_pairs(data_dir) if p.label is not None]
     if not cases:
-        raise MSAMError(
-            f"{root}: no image/label pairs found (expected imagesTr/+labelsTr/, *_image*.nii.gz + *_mask.nii.gz, "
-            "or X.nii.gz + X_label.nii.gz)"
-        )
+        raise MSAMError(f"{data_dir}: imagesTr/ and labelsTr/ hold no matching names")
     return cases
 
 

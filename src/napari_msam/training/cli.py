@@ -7,11 +7,14 @@ Qt-free. The top-level CLI calls :func:`add_train_arguments` on its ``train`` su
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-__all__ = ["add_train_arguments", "config_from_args", "run_train", "main"]
+__all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "add_train_arguments", "config_from_args", "one_line", "run_train", "main"]
 
 
 def _floats3(text: str) -> tuple[float, float, float]:
@@ -170,22 +173,66 @@ class _Printer:
         print(line, file=self.stream, flush=True)
 
 
+#: exit status of a run stopped by SIGINT / SIGTERM (128 + the signal's number, as shells report it)
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+PROG = "napari-msam"
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: a list of problems joined by "; "."""
+    problems = getattr(exc, "problems", None)
+    if problems:
+        n = len(problems)
+        return f"{n} problem{'s' if n != 1 else ''} with the training data: " + "; ".join(problems)
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _signals_cancel(trainer) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM ask ``trainer`` to stop as Cancel does (step finished, checkpoint written); a
+    second signal of the same kind stops at once. Yields the signals received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        trainer.cancel()
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """Run training from parsed arguments; returns the exit code (readable message on bad input)."""
+    """Run training from parsed arguments; returns the exit status (0 done, 2 bad input, 130/143 stopped
+    by SIGINT/SIGTERM with a resumable checkpoint written). Errors are one line on stderr."""
     from napari_msam.errors import MSAMError
+    from napari_msam.training.config import TrainingError
     from napari_msam.training.data import TrainingDataError
-    from napari_msam.training.trainer import Trainer, TrainingError
+    from napari_msam.training.trainer import Trainer
 
     try:
         cfg = config_from_args(args)
         trainer = Trainer(cfg, callback=_Printer())
-        result = trainer.fit()
-    except (TrainingDataError, TrainingError, MSAMError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        with _signals_cancel(trainer) as received:
+            result = trainer.fit()
+    except (TrainingDataError, TrainingError, MSAMError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once (files are written atomically or not at all)
+        print(f"{PROG}: interrupted; --resume continues from the last checkpoint written, if any", file=sys.stderr)
+        return EXIT_SIGINT
+    if received and result.cancelled:
+        name = signal.Signals(received[0]).name
+        print(f"{PROG}: stopped by {name} at epoch {result.epoch + 1}, global step {result.global_step}; "
+              f"checkpoint in {result.out_dir}: run the same command with --resume to continue", file=sys.stderr)
+        return EXIT_SIGINT if received[0] == signal.SIGINT else EXIT_SIGTERM
     if result.best_path:
         print(f"best: {result.best_path}")
     if result.last_path:
