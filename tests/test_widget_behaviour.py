@@ -152,7 +152,7 @@ def test_open_volume_and_save_labels(seg, qtbot, monkeypatch, tmp_path, sts_path
     # the image file itself is refused
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(image_path), ""))
     press(qtbot, w, "Save labels")
-    assert "image file itself" in w.status.text()
+    assert "this is the input file" in w.status.text()
     target = tmp_path / "labels.nii.gz"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
     press(qtbot, w, "Save labels")
@@ -188,3 +188,18 @@ def test_both_docks_fit_a_1080_screen_and_colours_differ_from_ground_truth(seg, 
         gt = viewer.layers[gt_name]
         for label in range(1, 11):
             assert not np.allclose(out.colormap.map(label), gt.colormap.map(label), atol=0.02), (gt_name, label)
+
+
+def test_network_mask_shows_before_edge_refinement(seg, qtbot, monkeypatch):
+    viewer, w = seg(session_factory=None)
+    assert w.edge_refine == "auto" and w.modality_combo.currentText() == "MR"
+    texts: list[str] = []
+    show = w.show_message
+    monkeypatch.setattr(w, "show_message", lambda text, level="info": (texts.append(text), show(text, level)))
+    click_voxel(qtbot, viewer, viewer.layers["blob MR"], (10, 20, 18))
+    qtbot.waitUntil(lambda: "edges refined" in w.status.text(), timeout=60000)
+    _idle(qtbot, w, 60000)
+    session = w.worker.state.session
+    shown = [t for t in texts if t.startswith("click 1:") and "computing" not in t]
+    assert "refining edges" in shown[0] and "edges refined" in shown[-1]
+    np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)

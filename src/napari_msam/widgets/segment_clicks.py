@@ -240,14 +240,14 @@ class ClickFlow:
         if self._layer_valid():
             self.writes.restore(refresh)
 
-    def _click_status(self, n: int, result: JobResult, what: str) -> None:
+    def _click_status(self, n: int, result: JobResult, what: str = "") -> None:
         upd: ObjectUpdate = result.value
         more = len(self._object_jobs)
-        q = f" · {more} more step(s) queued" if more else ""
+        q = f" · {more} more step(s) queued" if more and not upd.refine_pending else ""
         z = f" · zoomed out {upd.zoom:g}x (large object)" if upd.zoom > 1.0 else ""
         acc = " · accepting when done" if self._accept_when_done else ""
-        self.show_message(f"click {n}{what}: {timing_text(upd.timings, result.seconds)} · "
-                          f"{self.writes.voxels} voxels{z} · {self.model.device_shown}{q}{acc}")
+        self.show_message(f"click {n}: {timing_text(upd.timings, result.seconds)} · {self.writes.voxels} voxels"
+                          f"{z} · {self.model.device_shown}{what}{q}{acc}")
 
     def _on_click_done(self, result: JobResult, n: int) -> None:
         if result.error:
@@ -260,7 +260,7 @@ class ClickFlow:
             job_id = self._submit_object_job("refine edges", job_refine,
                                              on_done=lambda r, n=n: self._on_refine_done(r, n))
             self._refine_jobs.add(job_id)
-        self._click_status(n, result, " (model)" if upd.refine_pending else "")
+        self._click_status(n, result, " · refining edges…" if upd.refine_pending else "")
 
     def _on_refine_done(self, result: JobResult, n: int) -> None:
         if result.error:
@@ -268,7 +268,7 @@ class ClickFlow:
             return
         if result.value is not None:
             self.apply_update(result.value)
-            self._click_status(n, result, " (edges refined)")
+            self._click_status(n, result, " · edges refined")
 
     def _on_replay_done(self, result: JobResult) -> None:
         if result.error:

@@ -7,7 +7,6 @@ overlay the original in any other tool.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..errors import MSAMError
 VOLUME_FILTER = ("Volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.tif *.tiff *.dcm);;"
                  "DICOM series (any file of it) (*);;All files (*)")
 GT_COLORS = {None: (0.0, 0.0, 0.0, 0.0), 1: (0.2, 0.9, 1.0, 1.0)}  # cyan: never the output's colour
+SAVE_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff")
 OUTPUT_SEED = 0.77  # label colours of the output, unlike napari's default (seed 0.5) of a ground truth
 
 
@@ -73,29 +73,21 @@ def add_output_labels(viewer: Any, image: Any, base: str) -> Any:
     )
 
 
-def _same_file(a: str | Path, b: str | Path | None) -> bool:
-    if not b:
-        return False
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def save_labels(layer: Any, path: str, image_path: str | None, overwrite: bool = False) -> str:
-    """Write ``layer`` to ``path`` (NIfTI on the source grid and affine, or TIFF); never over the image."""
+    """Write ``layer`` to ``path`` (NIfTI on the source grid and affine, or TIFF) by the project's output
+    rule: never over the image file, an existing file only with ``overwrite``."""
     from .._writer import write_labels
+    from ..io import check_output
 
-    if _same_file(path, image_path):
-        raise MSAMError(f"{path} is the image file itself; choose another name")
-    if Path(path).exists() and not overwrite:
-        raise MSAMError(f"{path} exists; confirm to replace it")
+    check_output(path, inputs=[image_path], overwrite=overwrite, suffixes=SAVE_SUFFIXES)
     attrs = {"metadata": dict(layer.metadata), "scale": tuple(layer.scale), "translate": tuple(layer.translate)}
     return write_labels(path, np.asarray(layer.data), attrs)[0]
 
 
 def save_labels_dialog(parent: Any, layer: Any, image: Any) -> str | None:
     """Ask where to save the output ``layer`` (beside ``image``'s file), confirm a replacement, write it."""
+    from ..errors import OutputExistsError
+
     if layer is None:
         raise MSAMError("no output labels to save yet: click on an object first")
     source = (image.metadata or {}).get("source_path") or (layer.metadata or {}).get("source_path")
@@ -105,12 +97,10 @@ def save_labels_dialog(parent: Any, layer: Any, image: Any) -> str | None:
                                           "NIfTI (*.nii.gz *.nii);;TIFF (*.tif *.tiff)")
     if not path:
         return None
-    if _same_file(path, source):
-        raise MSAMError(f"{path} is the image file itself; choose another name")
-    overwrite = False
-    if Path(path).exists():
+    try:
+        return save_labels(layer, path, source)
+    except OutputExistsError:
         ans = QMessageBox.question(parent, "Replace file", f"{path} exists. Replace it?")
         if ans != QMessageBox.StandardButton.Yes:
             return None
-        overwrite = True
-    return save_labels(layer, path, source, overwrite=overwrite)
+        return save_labels(layer, path, source, overwrite=True)
