@@ -20,7 +20,7 @@ import numpy as np
 
 CASES = {
     "sample": ("src/napari_msam/sample_data/MR_T1_image.nii.gz", "src/napari_msam/sample_data/MR_T1_mask.nii.gz"),
-    "large": ("/work/shared/data/sts/STS_020/MR_T1_image.nii.gz", "/work/shared/data/sts/STS_020/MR_T1_mask.nii.gz"),
+    "large": ("/work/shared/data/sts/STS_020/MR_T1_image_from_dicom.nii.gz", "/work/shared/data/sts/STS_020/MR_T1_mask.nii.gz"),
 }
 
 

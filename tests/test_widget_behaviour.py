@@ -203,3 +203,41 @@ def test_network_mask_shows_before_edge_refinement(seg, qtbot, monkeypatch):
     shown = [t for t in texts if t.startswith("click 1:") and "computing" not in t]
     assert "refining edges" in shown[0] and "edges refined" in shown[-1]
     np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
+
+
+class _TwoPhaseBallSession(BallSession):
+    """BallSession with the Session's two-phase edge refinement: refine_edges() grows the last ball."""
+
+    refining = True
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self._pending = False
+
+    def add_click(self, voxel, positive=True, refine_edges=True):
+        res = super().add_click(voxel, positive)
+        self._pending = not refine_edges
+        return res
+
+    def refine_edges(self):
+        from napari_msam.session import ClickResult
+
+        self.calls.append(("refine", self._clicks[-1][0]))
+        if not self._pending:
+            return None
+        self._pending = False
+        full = tuple(slice(0, n) for n in self._shape)
+        return ClickResult(full, self.current_mask, None, {"total": 0.001, "edges": 0.001}, self._next_id)
+
+
+def test_a_newer_click_supersedes_a_pending_refinement(seg, qtbot):
+    viewer, w = seg(session_factory=_TwoPhaseBallSession)
+    BallSession.delay = 0.3
+    image = viewer.layers["blob MR"]
+    click_voxel(qtbot, viewer, image, (10, 20, 18))
+    click_voxel(qtbot, viewer, image, (10, 26, 12))
+    qtbot.waitUntil(lambda: "edges refined" in w.status.text(), timeout=20000)
+    _idle(qtbot, w)
+    calls = [c for c in BallSession.instances[-1].calls if c[0] in ("click", "refine")]
+    assert calls == [("click", (10, 20, 18), True), ("click", (10, 26, 12), True), ("refine", (10, 26, 12))]
+    assert w.status.text().startswith("click 2:")

@@ -95,6 +95,7 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
         self._generation = 0                         # bumped by Reset / Accept / a new image or model
         self._object_jobs: set[int] = set()          # jobs of the current object still to report
         self._refine_jobs: set[int] = set()          # pending edge refinements (a newer click drops them)
+        self._step_serial = 0                        # clicks / undos / replays submitted so far
         self._accept_when_done = False
         self.writes = ObjectWrites()                 # what the current object wrote, for undo/reset
         self._positive = True
@@ -306,8 +307,7 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
             return
         self._object_clicks.pop()
         self._sync_points_from_clicks()
-        for job_id in self._refine_jobs:
-            self.worker.cancel(job_id)
+        self.supersede_refinement()
         self._submit_object_job("undo", job_undo, on_done=self._on_undo_done)
 
     @friendly

@@ -163,12 +163,11 @@ class ClickFlow:
         positive = self.prompts.polarity(i, self._positive)
         self._object_clicks.append((vox, positive))
         self._start_tracking()
-        for job_id in self._refine_jobs:  # a newer click supersedes a pending edge refinement
-            self.worker.cancel(job_id)
+        serial = self.supersede_refinement()
         n = len(self._object_clicks)
         two_phase = self.edge_refine != "off"
         self._submit_object_job("click", job_click, vox, positive, two_phase,
-                                on_done=lambda r, n=n: self._on_click_done(r, n))
+                                on_done=lambda r, n=n, s=serial: self._on_click_done(r, n, s))
         more = len(self._object_jobs) - 1
         self.show_message(f"click {n}: computing…" + (f" · {more} more queued" if more > 0 else ""))
 
@@ -215,6 +214,7 @@ class ClickFlow:
             self._restore_object()
             self.show_message("object cleared (no prompts left)")
             return
+        self.supersede_refinement()
         self._submit_object_job("replay clicks", job_replay, list(clicks), on_done=self._on_replay_done)
 
     def _start_tracking(self) -> None:
@@ -249,13 +249,22 @@ class ClickFlow:
         self.show_message(f"click {n}: {timing_text(upd.timings, result.seconds)} · {self.writes.voxels} voxels"
                           f"{z} · {self.model.device_shown}{what}{q}{acc}")
 
-    def _on_click_done(self, result: JobResult, n: int) -> None:
+    def supersede_refinement(self) -> int:
+        """A new step of the object (click, undo, replay): edge refinements still waiting are dropped and
+        none is queued for an older click; returns the new step's serial number."""
+        for job_id in self._refine_jobs:
+            self.worker.cancel(job_id)
+        self._step_serial += 1
+        return self._step_serial
+
+    def _on_click_done(self, result: JobResult, n: int, serial: int = -1) -> None:
         if result.error:
             self.error(f"click {n} failed: {result.error}")
             return
         upd: ObjectUpdate = result.value
         self.apply_update(upd)
         self._last_click_seconds = result.seconds
+        upd.refine_pending = upd.refine_pending and serial == self._step_serial  # else a newer step came
         if upd.refine_pending:
             job_id = self._submit_object_job("refine edges", job_refine,
                                              on_done=lambda r, n=n: self._on_refine_done(r, n))
