@@ -7,7 +7,8 @@ import inspect
 import logging
 from typing import Any
 
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import QComboBox, QScrollArea, QWidget
 
 from ..errors import MSAMError
 
@@ -72,3 +73,28 @@ def fill_combo(combo: QComboBox, items: list[str], keep: bool = True, prefer: st
 
 def esc_html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class VerticalScrollArea(QScrollArea):
+    """Scrolls its content up and down only: the dock keeps the width the controls need, and its height
+    can shrink to fit a 1080-pixel screen beside other docks."""
+
+    def __init__(self, body: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(body)
+        body.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's width changed: ask the dock again
+        return super().eventFilter(obj, event)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        width = (self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                 + 2 * self.frameWidth())
+        return QSize(width, 120)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        return QSize(self.minimumSizeHint().width(), min(self.widget().sizeHint().height() + 4, 800))

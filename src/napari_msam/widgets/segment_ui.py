@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QTabWidget,
@@ -26,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import MAX_TTA
+from ._utils import VerticalScrollArea
 from .labels_policy import CT_PRESETS, POLICIES
 
 OUTPUT_NAME = "M-SAM labels"
@@ -58,9 +58,6 @@ class SegmentControls(QWidget):
         super().__init__()
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         body = QWidget()
         root = QVBoxLayout(body)
         root.setContentsMargins(6, 6, 6, 6)
@@ -70,8 +67,7 @@ class SegmentControls(QWidget):
         self.tabs.addTab(self._interactive_tab(), "Interactive")
         root.addWidget(self.tabs)
         root.addStretch(1)
-        scroll.setWidget(body)
-        outer.addWidget(scroll, 1)
+        outer.addWidget(VerticalScrollArea(body), 1)
         outer.addLayout(self._status_row())
 
     def add_tab(self, widget: QWidget, title: str) -> None:

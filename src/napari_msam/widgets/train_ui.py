@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,13 +19,13 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from ..model.config import CONFIGS
+from ._utils import VerticalScrollArea
 from .plots import MetricPlot
 
 SOURCE_FOLDER = "Data folder"
@@ -52,9 +51,6 @@ class TrainControls(QWidget):
         super().__init__()
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         body = QWidget()
         root = QVBoxLayout(body)
         root.setContentsMargins(6, 6, 6, 6)
@@ -67,8 +63,7 @@ class TrainControls(QWidget):
         root.addWidget(self.loss_plot)
         root.addWidget(self.dice_plot)
         root.addStretch(1)
-        scroll.setWidget(body)
-        outer.addWidget(scroll, 1)
+        outer.addWidget(VerticalScrollArea(body), 1)
         bottom = QVBoxLayout()
         bottom.setContentsMargins(6, 0, 6, 6)
         row = QHBoxLayout()
