@@ -144,3 +144,20 @@ def click_canvas(qtbot, viewer, pos) -> None:
 def click_voxel(qtbot, viewer, image_layer, voxel) -> None:
     """Click the canvas where the 2-D view shows ``voxel`` of ``image_layer``."""
     click_canvas(qtbot, viewer, voxel_screen_pos(viewer, image_layer, voxel))
+
+
+def row_button(widget, row_label: str):
+    """The push button in the form row labelled ``row_label`` (e.g. the "Browse…" beside "Output folder")."""
+    from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QWidget
+
+    for form in widget.findChildren(QFormLayout):
+        for r in range(form.rowCount()):
+            label = form.itemAt(r, QFormLayout.ItemRole.LabelRole)
+            field = form.itemAt(r, QFormLayout.ItemRole.FieldRole)
+            if label is None or field is None or not isinstance(label.widget(), QLabel):
+                continue
+            if label.widget().text() == row_label and isinstance(field.widget(), QWidget):
+                buttons = field.widget().findChildren(QPushButton)
+                if buttons:
+                    return buttons[0]
+    raise AssertionError(f"no button in a row labelled {row_label!r}")

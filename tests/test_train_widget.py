@@ -191,3 +191,24 @@ def test_trainer_errors_are_one_line_and_a_notification(widget, qtbot, monkeypat
     assert "training failed: runs/train is in use" in widget.status.text() and "Traceback" not in widget.status.text()
     assert any("in use by another training run" in s for s in shown)
     assert widget.start_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+
+
+def test_browse_buttons_fill_their_fields(widget, qtbot, monkeypatch, tmp_path, tiny_checkpoint):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFileDialog
+
+    from msam_gui_helpers import row_button
+    from napari_msam.widgets.train import INIT_FILE, SOURCE_FOLDER
+
+    widget.source_combo.setCurrentText(SOURCE_FOLDER)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "data"))
+    qtbot.mouseClick(row_button(widget, "Folder"), Qt.MouseButton.LeftButton)
+    assert widget.data_dir.text() == str(tmp_path / "data")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "out"))
+    qtbot.mouseClick(row_button(widget, "Output folder"), Qt.MouseButton.LeftButton)
+    assert widget.out_dir.text() == str(tmp_path / "out")
+    widget.init_combo.setCurrentText(INIT_FILE)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_checkpoint), ""))
+    qtbot.mouseClick(widget.init_browse, Qt.MouseButton.LeftButton)  # the row below "Start from"
+    assert widget.init_path.text() == str(tiny_checkpoint)
+    assert widget.build_config().init_checkpoint == str(tiny_checkpoint)

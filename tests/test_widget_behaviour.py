@@ -105,6 +105,9 @@ def test_modality_guess_is_shown_and_can_be_changed(seg, qtbot):
     click_voxel(qtbot, viewer, viewer.layers["case 7 flair zscored"], (10, 20, 18))
     _idle(qtbot, w)
     assert BallSession.instances[-1].calls[0][2] == "other"
+    viewer.add_image(blob_volume()[0], name="patient 3 PET", scale=SCALE)  # the name says PET: not MR
+    w.image_combo.setCurrentText("patient 3 PET")
+    assert w.modality_combo.currentText() == "other" and "PET" in w.modality_note.text()
 
 
 def test_a_3d_click_lands_on_the_brightest_voxel_under_the_cursor(seg, qtbot):

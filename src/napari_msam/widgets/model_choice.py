@@ -12,7 +12,7 @@ from typing import Any
 from qtpy.QtWidgets import QFileDialog
 
 from ._utils import esc_html, friendly
-from .jobs import SessionSpec, job_ensure
+from .jobs import SessionSpec
 from .segment_ui import DEFAULT_MODEL, FILE_MODEL
 from .workers import JobResult
 
@@ -36,7 +36,7 @@ class ModelChoice:
         self.seg.error(text)
 
     def initial_load(self) -> None:
-        if not self.seg._closed and not self.requested:
+        if not self.seg.closed and not self.requested:
             self.load()
 
     def source(self) -> tuple | None:
@@ -68,7 +68,7 @@ class ModelChoice:
     def load(self, *_: Any) -> None:
         """Load the chosen model (or rebuild the session for new settings) on the worker."""
         seg = self.seg
-        if seg._closed:
+        if seg.closed:
             return
         seg.path_widget.setVisible(seg.model_combo.currentText() == FILE_MODEL)
         source = self.source()
@@ -77,11 +77,8 @@ class ModelChoice:
             return
         seg.model_info.setText("loading…")
         self.requested = True
-        seg._drop_object_tracking(clear_points=True)
-        spec = SessionSpec(source, seg.device, ("none",), seg.tta, seg.edge_refine)
-        seg._submitted_spec = None
-        seg.submit("load model", job_ensure, spec, source, None, (1.0, 1.0, 1.0), "other",
-                   seg._session_factory, on_done=self.on_loaded)
+        seg.rebuild_session(SessionSpec(source, seg.device, ("none",), seg.tta, seg.edge_refine), source,
+                            self.on_loaded)
 
     @friendly
     def browse(self) -> None:

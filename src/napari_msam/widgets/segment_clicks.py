@@ -96,6 +96,19 @@ class ClickFlow:
         self.busy.setValue(0 if n else 1)
         self.busy.setToolTip(f"{n} step(s) queued or running" if n else "idle")
 
+    @property
+    def closed(self) -> bool:
+        """True once the widget's worker has stopped (after ``close_worker``)."""
+        return self._closed
+
+    def rebuild_session(self, spec: SessionSpec, source: tuple, on_done: Any) -> None:
+        """A new model or new settings: the current object stays as drawn, its clicks are forgotten, and
+        the worker loads the model / builds the session for ``spec`` (the image follows on the next click)."""
+        self._drop_object_tracking(clear_points=True)
+        self._submitted_spec = None
+        self.submit("load model", job_ensure, spec, source, None, (1.0, 1.0, 1.0), "other",
+                    self._session_factory, on_done=on_done)
+
     def ensure_session(self) -> SessionSpec:
         """Queue whatever the worker needs (model, session, image) before a click; returns the spec."""
         source = self.model.source()
