@@ -95,14 +95,15 @@ def test_layers_that_cannot_be_segmented_are_explained(seg, qtbot, monkeypatch, 
 
 def test_modality_guess_is_shown_and_can_be_changed(seg, qtbot):
     viewer, w = seg()
-    # the blob has no modality word in its data and is not CT-like: taken as MR, and said to be a guess
-    viewer.add_image(blob_volume()[0], name="case 7 flair zscored", scale=SCALE)
-    w.image_combo.setCurrentText("case 7 flair zscored")
-    assert w.modality_combo.currentText() == "MR" and "guess" in w.modality_note.text()
+    # a z-scored volume whose name has no modality word and is not CT-like: taken as MR, said to be a guess
+    img = blob_volume()[0]
+    viewer.add_image((img - img.mean()) / img.std(), name="BraTS_007", scale=SCALE)
+    w.image_combo.setCurrentText("BraTS_007")
+    assert w.modality_combo.currentText() == "MR" and "taken as MR" in w.modality_note.text()
     w.modality_combo.setCurrentIndex(w.modality_combo.findText("other"))
     w.modality_combo.activated.emit(w.modality_combo.currentIndex())
     assert "by hand" in w.modality_note.text()
-    click_voxel(qtbot, viewer, viewer.layers["case 7 flair zscored"], (10, 20, 18))
+    click_voxel(qtbot, viewer, viewer.layers["BraTS_007"], (10, 20, 18))
     _idle(qtbot, w)
     assert BallSession.instances[-1].calls[0][2] == "other"
     viewer.add_image(blob_volume()[0], name="patient 3 PET", scale=SCALE)  # the name says PET: not MR
