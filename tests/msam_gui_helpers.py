@@ -94,3 +94,70 @@ class BallSession:
         self._next_id += 1
         self._clicks = []
         return oid
+
+
+# ----------------------------------------------------------------------------- driving the GUI like a user
+def find_button(widget, text: str):
+    """The visible push button of ``widget`` whose text starts with ``text`` (how a user finds it)."""
+    from qtpy.QtWidgets import QAbstractButton
+
+    found = [b for b in widget.findChildren(QAbstractButton) if b.text().startswith(text)]
+    assert found, f"no button {text!r} in {[b.text() for b in widget.findChildren(QAbstractButton)]}"
+    assert len(found) == 1, f"several buttons start with {text!r}"
+    return found[0]
+
+
+def press(qtbot, widget, text: str) -> None:
+    """Press the button labelled ``text`` with the mouse, as a person does (emits ``clicked(bool)``)."""
+    from qtpy.QtCore import Qt
+
+    button = find_button(widget, text)
+    assert button.isEnabled(), f"button {text!r} is disabled"
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def voxel_screen_pos(viewer, image_layer, voxel):
+    """Move the 2-D view to ``voxel``'s slice; returns the canvas pixel (QPoint) showing that voxel."""
+    from qtpy.QtCore import QPoint
+
+    world = np.asarray(image_layer.data_to_world(np.asarray(voxel, dtype=float)))
+    viewer.dims.set_point(0, world[0])
+    canvas = viewer.window._qt_viewer.canvas.native
+    cam = viewer.camera
+    px = (world[-1] - cam.center[-1]) * cam.zoom + canvas.width() / 2
+    py = (world[-2] - cam.center[-2]) * cam.zoom + canvas.height() / 2
+    return QPoint(int(round(px)), int(round(py)))
+
+
+def click_canvas(qtbot, viewer, pos) -> None:
+    """A left mouse click on the vispy canvas at ``pos`` (a QPoint in canvas pixels)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    QTest.mouseMove(canvas, pos)
+    qtbot.wait(10)
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+    qtbot.wait(10)
+
+
+def click_voxel(qtbot, viewer, image_layer, voxel) -> None:
+    """Click the canvas where the 2-D view shows ``voxel`` of ``image_layer``."""
+    click_canvas(qtbot, viewer, voxel_screen_pos(viewer, image_layer, voxel))
+
+
+def row_button(widget, row_label: str):
+    """The push button in the form row labelled ``row_label`` (e.g. the "Browse…" beside "Output folder")."""
+    from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QWidget
+
+    for form in widget.findChildren(QFormLayout):
+        for r in range(form.rowCount()):
+            label = form.itemAt(r, QFormLayout.ItemRole.LabelRole)
+            field = form.itemAt(r, QFormLayout.ItemRole.FieldRole)
+            if label is None or field is None or not isinstance(label.widget(), QLabel):
+                continue
+            if label.widget().text() == row_label and isinstance(field.widget(), QWidget):
+                buttons = field.widget().findChildren(QPushButton)
+                if buttons:
+                    return buttons[0]
+    raise AssertionError(f"no button in a row labelled {row_label!r}")

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def widget(make_napari_viewer, tmp_path):
-    from napari_msam.widgets.train import SOURCE_LAYERS, TrainWidget
+    from napari_msam.widgets.train import INIT_SCRATCH, SOURCE_LAYERS, TrainWidget
 
     viewer = make_napari_viewer()
     img, lab, sp = blob_case(0)
@@ -22,6 +22,7 @@ def widget(make_napari_viewer, tmp_path):
     w.source_combo.setCurrentText(SOURCE_LAYERS)
     w.image_combo.setCurrentText("img")
     w.labels_combo.setCurrentText("gt")
+    w.init_combo.setCurrentText(INIT_SCRATCH)  # a tiny model from scratch keeps the test fast
     w.config_combo.setCurrentText("msam-tiny")
     w.out_dir.setText(str(tmp_path / "run"))
     w.epochs.setValue(1)
@@ -86,3 +87,128 @@ def test_folder_source_passes_the_validation_protocol(widget, tmp_path):
     assert cfg.val_patients == ("STS_003", "STS_008") and cfg.val_protocol == "session"
     widget.source_combo.setCurrentText(SOURCE_LAYERS)
     assert not widget.val_protocol.isEnabled()  # one layer: nothing to validate on
+
+
+def test_start_cancel_and_use_buttons(widget, qtbot, make_napari_viewer):
+    from msam_gui_helpers import press
+
+    widget.steps.setValue(200)
+    press(qtbot, widget, "Start")
+    assert widget.running
+    qtbot.waitUntil(lambda: any(e.kind == "step" for e in widget.events), timeout=60000)
+    press(qtbot, widget, "Cancel")
+    qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    steps = [e for e in widget.events if e.kind == "step"]
+    assert widget.result.cancelled and len(steps) <= 3  # stopped within a step of the press
+    text = widget.status.text()
+    assert text.startswith("cancelled") and "checkpoint kept" in text and str(widget.checkpoint_path()) in text
+    widget.viewer.window.add_dock_widget(widget)
+    press(qtbot, widget, "Use in Segment widget")
+    seg = widget._find_segment_widget()
+    assert seg is not None and seg.model_path.text() == str(widget.checkpoint_path())
+    seg.close_worker()
+
+
+def test_defaults_to_fine_tuning_the_embedded_model(widget):
+    from napari_msam.default_model import default_checkpoint_path
+    from napari_msam.widgets.train import INIT_DEFAULT, INIT_SCRATCH, TrainWidget
+
+    fresh = TrainWidget(widget.viewer)
+    assert fresh.init_combo.currentText() == INIT_DEFAULT and not fresh.config_combo.isEnabled()
+    fresh.source_combo.setCurrentText(widget.source_combo.currentText())
+    fresh.image_combo.setCurrentText("img")
+    fresh.labels_combo.setCurrentText("gt")
+    assert fresh.build_config().init_checkpoint == str(default_checkpoint_path())
+    fresh.init_combo.setCurrentText(INIT_SCRATCH)
+    assert fresh.build_config().init_checkpoint is None and fresh.config_combo.isEnabled()
+
+
+class _FakeTrainer:
+    """Stands in for Trainer: emits one epoch with the given validation Dice, or raises ``error``."""
+
+    error = None
+    val_dice = [0.0, 0.001]
+
+    def __init__(self, cfg, callback=None):
+        from pathlib import Path
+
+        self.cfg, self.callback, self.out_dir = cfg, callback, Path(cfg.out_dir)
+
+    def cancel(self):
+        pass
+
+    def fit(self):
+        from napari_msam.training.trainer import TrainEvent, TrainResult
+
+        if self.error is not None:
+            raise self.error
+        import shutil
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(_FakeTrainer.checkpoint, self.out_dir / "best.safetensors")
+        self.callback(TrainEvent("epoch", epoch=1, epochs=1, loss=0.5, val_dice=list(self.val_dice)))
+        return TrainResult(self.out_dir, None, self.out_dir / "best.safetensors", {}, 3, 1)
+
+
+def test_untrained_model_is_flagged_on_hand_over(widget, qtbot, monkeypatch, tiny_checkpoint):
+    import napari_msam.training as training
+    from msam_gui_helpers import press
+
+    _FakeTrainer.checkpoint = tiny_checkpoint
+    monkeypatch.setattr(training, "Trainer", _FakeTrainer)
+    widget.viewer.window.add_dock_widget(widget)
+    press(qtbot, widget, "Start")
+    qtbot.waitUntil(lambda: not widget.running, timeout=10000)
+    assert widget.status.text().startswith("done")
+    press(qtbot, widget, "Use in Segment widget")
+    assert "has not learned the task" in widget.status.text()
+    seg = widget._find_segment_widget()
+    qtbot.waitUntil(lambda: "not learned" in seg.status.text(), timeout=30000)
+    assert "not learned" in seg.model_info.text()
+    seg.close_worker()
+
+
+def test_trainer_errors_are_one_line_and_a_notification(widget, qtbot, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    import napari_msam.training as training
+    from msam_gui_helpers import press
+    from napari_msam.errors import MSAMError
+
+    class LockError(MSAMError):
+        pass
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    _FakeTrainer.error = LockError("runs/train is in use by another training run (pid 123)")
+    monkeypatch.setattr(training, "Trainer", _FakeTrainer)
+    try:
+        press(qtbot, widget, "Start")
+        qtbot.waitUntil(lambda: not widget.running, timeout=10000)
+    finally:
+        _FakeTrainer.error = None
+    assert widget.last_error == "runs/train is in use by another training run (pid 123)"
+    assert "training failed: runs/train is in use" in widget.status.text() and "Traceback" not in widget.status.text()
+    assert any("in use by another training run" in s for s in shown)
+    assert widget.start_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+
+
+def test_browse_buttons_fill_their_fields(widget, qtbot, monkeypatch, tmp_path, tiny_checkpoint):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFileDialog
+
+    from msam_gui_helpers import row_button
+    from napari_msam.widgets.train import INIT_FILE, SOURCE_FOLDER
+
+    widget.source_combo.setCurrentText(SOURCE_FOLDER)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "data"))
+    qtbot.mouseClick(row_button(widget, "Folder"), Qt.MouseButton.LeftButton)
+    assert widget.data_dir.text() == str(tmp_path / "data")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "out"))
+    qtbot.mouseClick(row_button(widget, "Output folder"), Qt.MouseButton.LeftButton)
+    assert widget.out_dir.text() == str(tmp_path / "out")
+    widget.init_combo.setCurrentText(INIT_FILE)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_checkpoint), ""))
+    qtbot.mouseClick(widget.init_browse, Qt.MouseButton.LeftButton)  # the row below "Start from"
+    assert widget.init_path.text() == str(tiny_checkpoint)
+    assert widget.build_config().init_checkpoint == str(tiny_checkpoint)

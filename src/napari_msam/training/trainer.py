@@ -347,6 +347,8 @@ class Trainer:
                                       global_step=global_step, loss=loss_val,
                                       lr=cfg.lr * self._lr_factor(epoch, global_step - 1),
                                       elapsed_s=time.perf_counter() - t0))
+            if not info.enabled and self._cancel.is_set():  # pressed during the epoch's last step
+                cancelled = True
             if cancelled or stopped_by_time:
                 break
             # end of epoch: validate, checkpoint

@@ -3,30 +3,46 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from typing import Any
 
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import QComboBox, QScrollArea, QWidget
 
 from ..errors import MSAMError
 
 log = logging.getLogger(__name__)
 
 
+def _positional_limit(method: Any) -> int | None:
+    """How many positional arguments ``method`` takes after ``self`` (None: any number)."""
+    params = list(inspect.signature(method).parameters.values())[1:]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
 def friendly(method: Any) -> Any:
-    """Decorate GUI entry points (buttons, keys, layer events): errors become a message, not a traceback."""
+    """Decorate GUI entry points (buttons, keys, layer events): errors become a message, not a traceback.
+
+    The decorated object reports through its own ``error(text)``.
+    Qt's ``clicked(bool)`` hands a ``checked`` flag to whatever slot it is connected to; arguments beyond
+    what the method takes are dropped, so a button can be connected to the method itself.
+    """
+    limit = _positional_limit(method)
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if limit is not None:
+            args = args[:limit]
         try:
             return method(self, *args, **kwargs)
         except MSAMError as exc:
-            target = getattr(self, "seg", self)
-            target.error(str(exc))
+            self.error(str(exc))
         except Exception as exc:
             log.warning("napari-msam: %s failed", method.__name__, exc_info=True)
-            target = getattr(self, "seg", self)
-            target.error(f"unexpected {type(exc).__name__}: {exc}")
+            self.error(f"unexpected {type(exc).__name__}: {exc}")
         return None
 
     return wrapper
@@ -57,3 +73,28 @@ def fill_combo(combo: QComboBox, items: list[str], keep: bool = True, prefer: st
 
 def esc_html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class VerticalScrollArea(QScrollArea):
+    """Scrolls its content up and down only: the dock keeps the width the controls need, and its height
+    can shrink to fit a 1080-pixel screen beside other docks."""
+
+    def __init__(self, body: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(body)
+        body.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's width changed: ask the dock again
+        return super().eventFilter(obj, event)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        width = (self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                 + 2 * self.frameWidth())
+        return QSize(width, 120)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        return QSize(self.minimumSizeHint().width(), min(self.widget().sizeHint().height() + 4, 800))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -32,10 +33,8 @@ from qtpy.QtWidgets import (
 from ..errors import MSAMError
 from ._utils import fill_combo, friendly
 from .plots import MetricPlot
+from .segment_ui import OUTPUT_NAME
 from .workers import JobContext, JobResult
-
-if TYPE_CHECKING:
-    from .segment import SegmentWidget
 
 COLUMNS = ("click", "sign", "voxel (axis0, axis1, axis2)", "Dice", "seconds")
 
@@ -71,10 +70,36 @@ def job_protocol(ctx: JobContext, gt: np.ndarray, n_clicks: int, strategy: str, 
     return run_protocol(session, gt, n_clicks=n_clicks, strategy=strategy, seed=seed, callback=callback)
 
 
-class AutoClickPanel(QWidget):
-    """Controls, table and plot for the automatic N-click run; drives its parent ``SegmentWidget``."""
+class AutoHost(Protocol):
+    """What the panel needs from the Segment widget (and nothing more)."""
 
-    def __init__(self, seg: SegmentWidget) -> None:
+    viewer: Any
+
+    @property
+    def busy_auto(self) -> bool: ...
+
+    def image_layer(self) -> Any: ...
+
+    def image_name(self) -> str: ...
+
+    def start_fresh_object(self) -> None: ...
+
+    def run_auto(self, fn: Callable[..., Any], *args: Any, on_row: Callable[[Any], None],
+                 on_done: Callable[[JobResult], None]) -> None: ...
+
+    def cancel_auto(self) -> bool: ...
+
+    def show_auto_click(self, voxel: tuple[int, int, int], positive: bool, bbox: Any, mask: Any) -> None: ...
+
+    def show_message(self, text: str, level: str = "info") -> None: ...
+
+    def error(self, text: str) -> None: ...
+
+
+class AutoClickPanel(QWidget):
+    """Controls, table and plot for the automatic N-click run; drives its host (the Segment widget)."""
+
+    def __init__(self, seg: AutoHost) -> None:
         super().__init__()
         self.seg = seg
         self.rows: list[ClickRow] = []
@@ -132,10 +157,11 @@ class AutoClickPanel(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.export_btn.clicked.connect(self._export_dialog)
 
+    def error(self, text: str) -> None:
+        self.seg.error(text)
+
     # ------------------------------------------------------------------ layers
     def refresh_layers(self, labels: list[str]) -> None:
-        from .segment import OUTPUT_NAME
-
         gts = [n for n in labels if not n.startswith(OUTPUT_NAME)]
         prefer = next((n for n in gts if "ground truth" in n.lower() or "mask" in n.lower() or "gt" in n.lower()),
                       None)
@@ -146,7 +172,7 @@ class AutoClickPanel(QWidget):
 
     def on_image_changed(self) -> None:
         """Pick the ground truth whose name starts like the image's (e.g. "STS_024 MR ground truth")."""
-        image = self.seg.image_combo.currentText()
+        image = self.seg.image_name()
         for i in range(self.gt_combo.count()):
             name = self.gt_combo.itemText(i)
             if image and name.startswith(image) and name != image:
@@ -192,16 +218,8 @@ class AutoClickPanel(QWidget):
             seg.error("an automatic run is already going")
             return
         try:
-            image = seg.image_layer()
-            gt = self._ground_truth(image)
-            seg.output_layer()
-            seg.prompts_layer()
-            # start a fresh object: put back what the current one changed
-            seg._object_clicks = []
-            seg._sync_points_from_clicks()
-            seg._restore_object()
-            seg._start_tracking()
-            seg.ensure_session()
+            gt = self._ground_truth(seg.image_layer())
+            seg.start_fresh_object()
         except MSAMError as exc:
             seg.error(str(exc))
             return
@@ -212,25 +230,19 @@ class AutoClickPanel(QWidget):
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         n = int(self.n_clicks.value())
-        seg._auto_job = seg.submit("auto N-click", job_protocol, gt, n, self.strategy.currentText(),
-                                   int(self.seed.value()), on_done=self._on_done, on_progress=self._on_row)
+        seg.run_auto(job_protocol, gt, n, self.strategy.currentText(), int(self.seed.value()),
+                     on_row=self._on_row, on_done=self._on_done)
         seg.show_message(f"auto {n}-click running ({self.strategy.currentText()})…")
 
     @friendly
     def cancel(self) -> None:
-        if self.seg._auto_job is not None:
-            self.seg.worker.cancel(self.seg._auto_job)
+        if self.seg.cancel_auto():
             self.seg.show_message("cancelling after the current click…")
 
     def _on_row(self, row: ClickRow) -> None:
         seg = self.seg
         self.rows.append(row)
-        seg._object_clicks.append((row.voxel, row.positive))
-        seg._sync_points_from_clicks()
-        if row.bbox is not None and row.mask is not None:
-            from .segment import ObjectUpdate
-
-            seg.apply_update(ObjectUpdate(row.bbox, row.mask, {}))
+        seg.show_auto_click(row.voxel, row.positive, row.bbox, row.mask)
         r = self.table.rowCount()
         self.table.insertRow(r)
         values = (str(len(self.rows)), "+" if row.positive else "−", ", ".join(str(v) for v in row.voxel),
@@ -244,7 +256,6 @@ class AutoClickPanel(QWidget):
 
     def _on_done(self, result: JobResult) -> None:
         seg = self.seg
-        seg._auto_job = None
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.export_btn.setEnabled(bool(self.rows))

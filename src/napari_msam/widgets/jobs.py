@@ -49,6 +49,7 @@ class ObjectUpdate:
     timings: dict[str, float]
     replace_all: bool = False   # True: forget earlier writes of this object first (undo / replay)
     zoom: float = 1.0           # the session's ROI zoom for this object (> 1: zoomed out on a large object)
+    refine_pending: bool = False  # the network's mask; an edge-refined one follows (job_refine)
 
 
 # ----------------------------------------------------------------------------- worker-thread jobs
@@ -98,7 +99,6 @@ def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndar
         st.loaded = None
         st.loaded = _load_model(source)
         st.model_key = spec.model_key
-        info["summary"] = _model_summary(st.loaded)
     if (st.session is None or st.extra.get("device") != spec.device or st.extra.get("tta", 1) != spec.tta
             or st.extra.get("edge_refine", "auto") != spec.edge_refine):
         if session_factory is None:
@@ -116,6 +116,7 @@ def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndar
     if image is not None and st.image_key != spec.image_key:
         st.session.set_image(image, spacing=spacing, modality=modality)
         st.image_key = spec.image_key
+    info["summary"] = _model_summary(st.loaded)  # also after a settings change: the box never stays "loading…"
     info["device"] = str(getattr(st.session, "device", spec.device))
     return info
 
@@ -132,8 +133,31 @@ def _full_object(session: Any, timings: dict | None = None) -> ObjectUpdate:
     return ObjectUpdate(bbox, None if bbox is None else mask[bbox].copy(), timings or {}, replace_all=True)
 
 
-def job_click(ctx: JobContext, voxel: tuple[int, int, int], positive: bool) -> ObjectUpdate:
-    res = _session(ctx).add_click(tuple(int(v) for v in voxel), positive=bool(positive))
+def supports_two_phase(session: Any) -> bool:
+    """True when the session can hand out the network's mask first and refine its edges later."""
+    return callable(getattr(session, "refine_edges", None)) and bool(getattr(session, "refining", False))
+
+
+def job_click(ctx: JobContext, voxel: tuple[int, int, int], positive: bool,
+              two_phase: bool = False) -> ObjectUpdate:
+    """One click; with ``two_phase`` (and edge refinement active) the network's mask comes back at once
+    and :func:`job_refine`, queued next by the widget, snaps it to the edges."""
+    session = _session(ctx)
+    vox = tuple(int(v) for v in voxel)
+    later = two_phase and supports_two_phase(session)
+    if later:
+        res = session.add_click(vox, positive=bool(positive), refine_edges=False)
+    else:
+        res = session.add_click(vox, positive=bool(positive))
+    return ObjectUpdate(tuple(res.bbox), np.asarray(res.mask, dtype=bool), dict(res.timings),
+                        zoom=float(getattr(session, "zoom", 1.0)), refine_pending=later)
+
+
+def job_refine(ctx: JobContext) -> ObjectUpdate | None:
+    """Edge refinement of the last click's mask (None when there is nothing left to refine)."""
+    res = _session(ctx).refine_edges()
+    if res is None:
+        return None
     return ObjectUpdate(tuple(res.bbox), np.asarray(res.mask, dtype=bool), dict(res.timings),
                         zoom=float(getattr(ctx.state.session, "zoom", 1.0)))
 

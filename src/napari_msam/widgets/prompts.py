@@ -82,6 +82,7 @@ class Prompts:
         self._bind_keys = bind_keys
         self.layer: Any = None
         self.updating = False            # True while we edit the layer ourselves
+        self._ray: tuple | None = None   # (position, view direction, displayed dims) of the last 3-D press
 
     def ensure(self, image: Any, positive: bool) -> Any:
         """The prompts layer with the image's transform (made or adopted when missing), kept on top."""
@@ -107,12 +108,35 @@ class Prompts:
                 finally:
                     self.updating = False
             layer.events.data.connect(self._on_data)
+            if self._record_press not in layer.mouse_drag_callbacks:  # before napari's own "add"
+                layer.mouse_drag_callbacks.insert(0, self._record_press)
             self._bind_keys(layer)
             self.layer = layer
             self.apply_polarity(positive)
         elif self.viewer.layers.index(layer) != len(self.viewer.layers) - 1:
             self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
         return layer
+
+    def _record_press(self, layer: Any, event: Any) -> None:
+        """Remember the ray of a press in the 3-D view: the point napari adds lies on the slider plane."""
+        dims = list(getattr(event, "dims_displayed", []) or [])
+        direction = getattr(event, "view_direction", None)
+        if len(dims) == 3 and direction is not None:
+            self._ray = (np.asarray(event.position, dtype=float), np.asarray(direction, dtype=float), dims)
+        else:
+            self._ray = None
+
+    def take_ray(self) -> tuple | None:
+        """The ray of the press that made the newest point (once)."""
+        ray, self._ray = self._ray, None
+        return ray
+
+    def move_point(self, i: int, image: Any, voxel: Sequence[int]) -> None:
+        """Put point ``i`` on ``voxel`` of ``image`` (not counted as a user edit)."""
+        layer = self.layer
+        data = np.array(layer.data, dtype=float)
+        data[i] = self.voxel_to_data(image, voxel)
+        self.set(data, layer.features["positive"].to_numpy(), bool(layer.feature_defaults["positive"].iloc[0]))
 
     def forget_if_removed(self) -> bool:
         """Drop the layer when the user deleted it; True when that happened."""

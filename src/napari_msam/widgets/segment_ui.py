@@ -1,8 +1,10 @@
-"""The Segment widget's controls: layout, texts and tooltips (the behaviour lives in ``segment.py``)."""
+"""The Segment widget's controls: layout, texts and tooltips (the behaviour lives in ``segment.py``).
+
+Why a class of its own: the controls are created and owned in one place, so the widget's behaviour code
+reads them as its own attributes instead of a builder function setting them from outside.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -22,6 +24,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..session import MAX_TTA
+from ._utils import VerticalScrollArea
 from .labels_policy import CT_PRESETS, POLICIES
 
 OUTPUT_NAME = "M-SAM labels"
@@ -43,142 +47,164 @@ def available_devices() -> list[str]:
     return ["cpu"]
 
 
-def build_segment_ui(w: Any) -> None:
-    """Create the Segment widget's controls as attributes of ``w`` (no signals: the widget connects them)."""
-    root = QVBoxLayout(w)
-    root.setContentsMargins(6, 6, 6, 6)
+class SegmentControls(QWidget):
+    """The controls of the Segment widget (no behaviour: :class:`SegmentWidget` connects them).
 
-    inp = QGroupBox("Image and output")
-    form = QFormLayout(inp)
-    w.image_combo = QComboBox()
-    w.image_combo.setToolTip("The 3-D image layer to segment")
-    w.modality_combo = QComboBox()
-    w.modality_combo.addItems(["CT", "MR", "other"])
-    w.modality_combo.setToolTip(
-        "Guessed from the layer name and intensities; decides the "
-        "normalisation the model sees (CT: HU window)"
-    )
-    w.window_combo = QComboBox()
-    w.window_combo.addItems(["(window / level)", *CT_PRESETS])
-    w.window_combo.setToolTip(
-        "CT display presets: change only the contrast limits, never what the model sees"
-    )
-    mod_row = QHBoxLayout()
-    mod_row.addWidget(w.modality_combo)
-    mod_row.addWidget(w.window_combo, 1)
-    w.output_combo = QComboBox()
-    w.output_combo.setToolTip(
-        "Labels layer receiving the objects (made if missing, same shape and scale as the image)"
-    )
-    w.label_spin = QSpinBox()
-    w.label_spin.setRange(1, 65535)
-    w.label_spin.setToolTip("Label id of the current object; Accept (N) moves to the next free id")
-    w.policy_combo = QComboBox()
-    for i, (name, tip) in enumerate(POLICIES.items()):
-        w.policy_combo.addItem(name)
-        w.policy_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
-    w.policy_combo.setToolTip("\n".join(f"{k}: {v}" for k, v in POLICIES.items()))
-    out_row = QHBoxLayout()
-    out_row.addWidget(w.output_combo, 1)
-    out_row.addWidget(QLabel("id"))
-    out_row.addWidget(w.label_spin)
-    form.addRow("Image", w.image_combo)
-    form.addRow("Modality", mod_row)
-    form.addRow("Output", out_row)
-    form.addRow("Existing labels", w.policy_combo)
-    root.addWidget(inp)
+    Everything but the status line sits in a scroll area, so the dock fits a 1080-pixel screen beside
+    other widgets; the status line stays visible below it.
+    """
 
-    mdl = QGroupBox("Model")
-    mform = QFormLayout(mdl)
-    w.model_combo = QComboBox()
-    w.model_combo.addItems([DEFAULT_MODEL, FILE_MODEL])
-    w.model_path = QLineEdit()
-    w.model_path.setPlaceholderText("M-SAM / SAM-Med3D .pth or napari-msam .safetensors")
-    w.browse_btn = QPushButton("…")
-    w.browse_btn.setMaximumWidth(30)
-    w.browse_btn.setToolTip("Choose a checkpoint file")
-    path_row = QHBoxLayout()
-    path_row.addWidget(w.model_path, 1)
-    path_row.addWidget(w.browse_btn)
-    w.path_widget = QWidget()
-    w.path_widget.setLayout(path_row)
-    path_row.setContentsMargins(0, 0, 0, 0)
-    w.device_combo = QComboBox()
-    w.device_combo.addItems(available_devices())
-    w.device_combo.setToolTip("Where the model runs")
-    from ..session import MAX_TTA
+    def __init__(self) -> None:
+        super().__init__()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        body = QWidget()
+        root = QVBoxLayout(body)
+        root.setContentsMargins(6, 6, 6, 6)
+        root.addWidget(self._image_group())
+        root.addWidget(self._model_group())
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._interactive_tab(), "Interactive")
+        root.addWidget(self.tabs)
+        root.addStretch(1)
+        outer.addWidget(VerticalScrollArea(body), 1)
+        outer.addLayout(self._status_row())
 
-    w.tta_spin = QSpinBox()
-    w.tta_spin.setRange(1, MAX_TTA)
-    w.tta_spin.setValue(1)
-    w.tta_spin.setToolTip(
-        "Test-time flips: average this many mirrored views of each ROI (1 = off). Each view costs one more "
-        "encoder and refine pass; on our validation 2-4 views changed Dice@10 by -0.01 to +0.02"
-    )
-    w.edge_combo = QComboBox()
-    w.edge_combo.addItems(EDGE_CHOICES)
-    w.edge_combo.setToolTip(
-        "Snap the model's mask to image edges after each click (a random walker seeded by the model's sure "
-        "inside / outside and by the clicks; about 0.1-0.4 s a click). auto: MR only; on our validation MR it "
-        "raised Dice@10 from 0.72 to 0.78 (0.80 to 0.84 with centred clicks); on CT it did not help"
-    )
-    w.model_info = QLabel("loading…")
-    w.model_info.setWordWrap(True)
-    w.model_info.setTextFormat(Qt.TextFormat.RichText)
-    mform.addRow("Weights", w.model_combo)
-    mform.addRow("", w.path_widget)
-    mform.addRow("Device", w.device_combo)
-    mform.addRow("Flip views", w.tta_spin)
-    mform.addRow("Edge refinement", w.edge_combo)
-    mform.addRow(w.model_info)
-    root.addWidget(mdl)
+    def add_tab(self, widget: QWidget, title: str) -> None:
+        self.tabs.addTab(widget, title)
 
-    w.tabs = QTabWidget()
-    inter = QWidget()
-    grid = QGridLayout(inter)
-    w.polarity_btn = QPushButton()
-    w.polarity_btn.setCheckable(True)
-    w.polarity_btn.setToolTip(
-        "Next click is positive (green, inside the object) or negative (red, outside) [T]"
-    )
-    w.undo_btn = QPushButton("Undo click [U]")
-    w.undo_btn.setToolTip("Remove the last click of the current object [U]")
-    w.reset_btn = QPushButton("Reset object [R]")
-    w.reset_btn.setToolTip("Forget all clicks of the current object and erase it [R]")
-    w.accept_btn = QPushButton("Accept → next [N]")
-    w.accept_btn.setToolTip("Keep the current object under its label id and start the next free id [N]")
-    w.clear_btn = QPushButton("Clear labels…")
-    w.clear_btn.setToolTip("Erase every label of the output layer (asks first)")
-    grid.addWidget(w.polarity_btn, 0, 0, 1, 2)
-    grid.addWidget(w.undo_btn, 1, 0)
-    grid.addWidget(w.reset_btn, 1, 1)
-    grid.addWidget(w.accept_btn, 2, 0)
-    grid.addWidget(w.clear_btn, 2, 1)
-    help_text = QLabel(
-        "Add points to <b>M-SAM prompts</b> (Points layer, add mode <b>P</b>): "
-        "<span style='color:#7CFC00'>green</span> = inside, <span style='color:#ff5555'>red</span> = outside. "
-        "<b>T</b> polarity · <b>U</b> undo · <b>R</b> reset · <b>N</b> accept"
-    )
-    help_text.setWordWrap(True)
-    grid.addWidget(help_text, 3, 0, 1, 2)
-    w.tabs.addTab(inter, "Interactive")
+    def _image_group(self) -> QGroupBox:
+        inp = QGroupBox("Image and output")
+        form = QFormLayout(inp)
+        self.open_btn = QPushButton("Open volume…")
+        self.open_btn.setToolTip("Open a NIfTI / NRRD / MHA / TIFF file or a DICOM folder as an image layer "
+                                 "(spacing, orientation and modality from the file); optionally its ground truth")
+        self.save_btn = QPushButton("Save labels…")
+        self.save_btn.setToolTip("Save the output labels on the image's own grid (NIfTI keeps its affine; TIFF)")
+        io_row = QHBoxLayout()
+        io_row.addWidget(self.open_btn)
+        io_row.addWidget(self.save_btn)
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The 3-D image layer to segment")
+        self.modality_combo = QComboBox()
+        self.modality_combo.addItems(["CT", "MR", "other"])
+        self.modality_combo.setToolTip(
+            "A guess from the file, the layer name and the intensities (shown below); change it if wrong. "
+            "It decides the normalisation the model sees (CT: HU window) and whether edge refinement runs")
+        self.window_combo = QComboBox()
+        self.window_combo.addItems(["(window / level)", *CT_PRESETS])
+        self.window_combo.setToolTip("CT display presets: change only the contrast limits, never what the model sees")
+        mod_row = QHBoxLayout()
+        mod_row.addWidget(self.modality_combo)
+        mod_row.addWidget(self.window_combo, 1)
+        self.modality_note = QLabel("")
+        self.modality_note.setWordWrap(True)
+        self.output_combo = QComboBox()
+        self.output_combo.setToolTip(
+            "Labels layer receiving the objects (made if missing, same shape and scale as the image)")
+        self.label_spin = QSpinBox()
+        self.label_spin.setRange(1, 65535)
+        self.label_spin.setToolTip("Label id of the current object; Accept (N) moves to the next free id")
+        self.policy_combo = QComboBox()
+        for i, (name, tip) in enumerate(POLICIES.items()):
+            self.policy_combo.addItem(name)
+            self.policy_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        self.policy_combo.setToolTip("\n".join(f"{k}: {v}" for k, v in POLICIES.items()))
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.output_combo, 1)
+        out_row.addWidget(QLabel("id"))
+        out_row.addWidget(self.label_spin)
+        form.addRow(io_row)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Modality", mod_row)
+        form.addRow("", self.modality_note)
+        form.addRow("Output", out_row)
+        form.addRow("Existing labels", self.policy_combo)
+        return inp
 
-    from .auto_click import AutoClickPanel
+    def _model_group(self) -> QGroupBox:
+        mdl = QGroupBox("Model")
+        mform = QFormLayout(mdl)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([DEFAULT_MODEL, FILE_MODEL])
+        self.model_path = QLineEdit()
+        self.model_path.setPlaceholderText("M-SAM / SAM-Med3D .pth or napari-msam .safetensors")
+        self.browse_btn = QPushButton("…")
+        self.browse_btn.setMaximumWidth(30)
+        self.browse_btn.setToolTip("Choose a checkpoint file")
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.model_path, 1)
+        path_row.addWidget(self.browse_btn)
+        path_row.setContentsMargins(0, 0, 0, 0)
+        self.path_widget = QWidget()
+        self.path_widget.setLayout(path_row)
+        self.path_widget.setVisible(False)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        self.device_combo.setToolTip("Where the model runs")
+        self.tta_spin = QSpinBox()
+        self.tta_spin.setRange(1, MAX_TTA)
+        self.tta_spin.setValue(1)
+        self.tta_spin.setToolTip(
+            "Test-time flips: average this many mirrored views of each ROI (1 = off). Each view costs one more "
+            "encoder and refine pass (docs/model-card.md has what it changes)")
+        self.edge_combo = QComboBox()
+        self.edge_combo.addItems(EDGE_CHOICES)
+        self.edge_combo.setToolTip(
+            "Snap the model's mask to image edges after each click (a random walker seeded by the model's sure "
+            "inside / outside and by the clicks). The model's own mask shows first; the refined one follows. "
+            "auto: MR only (docs/model-card.md has where it helps)")
+        self.model_info = QLabel("loading…")
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextFormat(Qt.TextFormat.RichText)
+        mform.addRow("Weights", self.model_combo)
+        mform.addRow("", self.path_widget)
+        mform.addRow("Device", self.device_combo)
+        mform.addRow("Flip views", self.tta_spin)
+        mform.addRow("Edge refinement", self.edge_combo)
+        mform.addRow(self.model_info)
+        return mdl
 
-    w.auto_panel = AutoClickPanel(w)
-    w.tabs.addTab(w.auto_panel, "Auto N-click")
-    root.addWidget(w.tabs)
+    def _interactive_tab(self) -> QWidget:
+        inter = QWidget()
+        grid = QGridLayout(inter)
+        self.polarity_btn = QPushButton()
+        self.polarity_btn.setCheckable(True)
+        self.polarity_btn.setToolTip("Next click is positive (green, inside the object) or negative (red, outside) [T]")
+        self.undo_btn = QPushButton("Undo click [U]")
+        self.undo_btn.setToolTip("Remove the last click of the current object [U]")
+        self.reset_btn = QPushButton("Reset object [R]")
+        self.reset_btn.setToolTip("Forget all clicks of the current object and erase it [R]")
+        self.accept_btn = QPushButton("Accept → next [N]")
+        self.accept_btn.setToolTip("Keep the current object under its label id and start the next free id [N]")
+        self.clear_btn = QPushButton("Clear labels…")
+        self.clear_btn.setToolTip("Erase every label of the output layer (asks first)")
+        grid.addWidget(self.polarity_btn, 0, 0, 1, 2)
+        grid.addWidget(self.undo_btn, 1, 0)
+        grid.addWidget(self.reset_btn, 1, 1)
+        grid.addWidget(self.accept_btn, 2, 0)
+        grid.addWidget(self.clear_btn, 2, 1)
+        help_text = QLabel(
+            "Click the image (the <b>M-SAM prompts</b> layer is selected in add mode): "
+            "<span style='color:#7CFC00'>green</span> = inside, <span style='color:#ff5555'>red</span> = outside. "
+            "<b>T</b> polarity · <b>U</b> undo · <b>R</b> reset · <b>N</b> accept. In the 3-D view a click lands "
+            "on the brightest voxel under the cursor (what the MIP shows)."
+        )
+        help_text.setWordWrap(True)
+        grid.addWidget(help_text, 3, 0, 1, 2)
+        return inter
 
-    status_row = QHBoxLayout()
-    w.busy = QProgressBar()
-    w.busy.setMaximumWidth(60)
-    w.busy.setMaximumHeight(12)
-    w.busy.setTextVisible(False)
-    w.busy.setRange(0, 1)
-    w.status = QLabel("ready")
-    w.status.setWordWrap(True)
-    w.status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-    status_row.addWidget(w.busy)
-    status_row.addWidget(w.status, 1)
-    root.addLayout(status_row)
-    root.addStretch(1)
+    def _status_row(self) -> QHBoxLayout:
+        status_row = QHBoxLayout()
+        status_row.setContentsMargins(6, 0, 6, 6)
+        self.busy = QProgressBar()
+        self.busy.setMaximumWidth(60)
+        self.busy.setMaximumHeight(12)
+        self.busy.setTextVisible(False)
+        self.busy.setRange(0, 1)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        self.status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        status_row.addWidget(self.busy)
+        status_row.addWidget(self.status, 1)
+        return status_row

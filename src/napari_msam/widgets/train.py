@@ -1,55 +1,44 @@
-"""Train widget: train or fine-tune a model from a data folder or the viewer's image + Labels layers.
+"""Train widget: fine-tune (or train) a model from a data folder or the viewer's image + Labels layers.
 
-The Qt-free :class:`~napari_msam.training.Trainer` runs in a napari thread worker; its progress events
-reach the GUI thread through a queued Qt signal, so the viewer stays responsive. "Use in Segment widget"
-hands the best (else last) checkpoint to an open Segment widget (or opens one).
+The Qt-free :class:`~napari_msam.training.Trainer` runs in a plain thread; its progress events and its
+end reach the GUI thread through queued Qt signals, so the viewer stays responsive and an error is one
+line in the status and a notification, never a traceback. Training starts from the embedded default
+model unless the user picks another checkpoint or "from scratch". "Use in Segment widget" hands the best
+(else last) checkpoint to an open Segment widget (or opens one) and warns when its validation Dice says
+it has not learned the task.
 """
 
 from __future__ import annotations
 
 import html
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QLineEdit, QWidget
 
-SOURCE_FOLDER = "Data folder"
-SOURCE_LAYERS = "Viewer layers"
+from ..errors import MSAMError
+from .train_ui import INIT_DEFAULT, INIT_FILE, INIT_SCRATCH, SOURCE_FOLDER, SOURCE_LAYERS, TrainControls
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INIT_DEFAULT", "INIT_FILE", "INIT_SCRATCH", "SOURCE_FOLDER", "SOURCE_LAYERS", "TrainWidget"]
+
+#: a model whose best validation Dice is below this has not learned the task (flagged on hand-over)
+UNTRAINED_DICE = 0.05
 
 
 class _Bridge(QObject):
-    """Carries trainer events from the worker thread to the GUI thread (queued connection)."""
+    """Carries trainer events and the run's end from the training thread to the GUI thread."""
 
     event = Signal(object)
+    ended = Signal(object, object)  # (TrainResult or None, error text or None)
 
 
-def _path_row(edit: QLineEdit, button: QPushButton) -> QWidget:
-    w = QWidget()
-    row = QHBoxLayout(w)
-    row.setContentsMargins(0, 0, 0, 0)
-    row.addWidget(edit, 1)
-    row.addWidget(button)
-    return w
-
-
-class TrainWidget(QWidget):
+class TrainWidget(TrainControls):
     """Dock widget around :class:`napari_msam.training.Trainer` (Start / Cancel, progress, live plots)."""
 
     #: emitted with the checkpoint path when "Use in Segment widget" is pressed
@@ -59,13 +48,22 @@ class TrainWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.trainer = None
-        self.worker = None
+        self.worker: threading.Thread | None = None
         self.result = None
         self.last_error: str | None = None
+        self.best_val_dice: float | None = None
         self.events: list[Any] = []
         self._bridge = _Bridge()
         self._bridge.event.connect(self._on_event)
-        self._build_ui()
+        self._bridge.ended.connect(self._on_ended)
+        self.source_combo.currentTextChanged.connect(self._on_source_changed)
+        self.init_combo.currentTextChanged.connect(self._on_init_changed)
+        self.data_browse.clicked.connect(lambda *_: self._browse_dir(self.data_dir, "Training data folder"))
+        self.init_browse.clicked.connect(lambda *_: self._browse_init())
+        self.out_browse.clicked.connect(lambda *_: self._browse_dir(self.out_dir, "Output folder"))
+        self.start_btn.clicked.connect(lambda *_: self.start())
+        self.cancel_btn.clicked.connect(lambda *_: self.cancel())
+        self.use_btn.clicked.connect(lambda *_: self.use_in_segment())
         self.refresh_layers()
         try:
             self.viewer.layers.events.inserted.connect(self.refresh_layers)
@@ -73,129 +71,7 @@ class TrainWidget(QWidget):
         except AttributeError:  # a stand-in viewer without layer events
             pass
         self._on_source_changed()
-
-    # ------------------------------------------------------------------ layout
-    def _build_ui(self) -> None:
-        from napari_msam.model.config import CONFIGS
-
-        root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
-
-        data = QGroupBox("Data")
-        f = QFormLayout(data)
-        self.source_combo = QComboBox()
-        self.source_combo.addItems([SOURCE_FOLDER, SOURCE_LAYERS])
-        self.source_combo.currentTextChanged.connect(self._on_source_changed)
-        f.addRow("Source", self.source_combo)
-        self.data_dir = QLineEdit()
-        self.data_dir.setPlaceholderText("imagesTr/+labelsTr/, X + X_label, or one folder per patient")
-        b = QPushButton("Browse…")
-        b.clicked.connect(lambda: self._browse_dir(self.data_dir, "Training data folder"))
-        self.data_row = _path_row(self.data_dir, b)
-        f.addRow("Folder", self.data_row)
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
-        self.modality_combo = QComboBox()
-        self.modality_combo.addItems(["mr", "ct", "other"])
-        self.modality_combo.setToolTip("CT applies the model's HU window before normalisation")
-        f.addRow("Image layer", self.image_combo)
-        f.addRow("Labels layer", self.labels_combo)
-        f.addRow("Modality", self.modality_combo)
-        self.label_id = QSpinBox()
-        self.label_id.setRange(0, 65535)
-        self.label_id.setSpecialValueText("all non-zero")
-        self.label_id.setToolTip("Label value of the object to train on (0: every non-zero voxel)")
-        f.addRow("Label id", self.label_id)
-        self.val_patients = QLineEdit()
-        self.val_patients.setPlaceholderText("e.g. STS_003 STS_008 (empty: no validation)")
-        f.addRow("Validation patients", self.val_patients)
-        self.val_protocol = QComboBox()
-        self.val_protocol.addItems(["crops", "session"])
-        self.val_protocol.setToolTip(
-            "How validation scores a checkpoint (and so which one becomes best.safetensors):\n"
-            "crops: the training loop on tumour-centred crops (fast);\n"
-            "session: the Auto protocol through the same Session you click with (first click anywhere in the\n"
-            "tumour, zoom-out, paste-back; about 1 min per 12 cases). Crops ranked the session-8 rotation\n"
-            "runs above the shipped model, the Auto protocol below it (docs/model-card.md)."
-        )
-        f.addRow("Validate with", self.val_protocol)
-        root.addWidget(data)
-
-        model = QGroupBox("Model and output")
-        f = QFormLayout(model)
-        self.config_combo = QComboBox()
-        self.config_combo.addItems(list(CONFIGS))
-        self.config_combo.setCurrentText("msam-small")
-        f.addRow("Config", self.config_combo)
-        self.init_path = QLineEdit()
-        self.init_path.setPlaceholderText("optional: fine-tune this checkpoint")
-        b = QPushButton("Browse…")
-        b.clicked.connect(self._browse_init)
-        f.addRow("Start from", _path_row(self.init_path, b))
-        self.out_dir = QLineEdit(str(Path("runs") / "train"))
-        b = QPushButton("Browse…")
-        b.clicked.connect(lambda: self._browse_dir(self.out_dir, "Output folder"))
-        f.addRow("Output folder", _path_row(self.out_dir, b))
-        self.resume = QCheckBox("resume from the output folder's state.pt")
-        f.addRow("", self.resume)
-        root.addWidget(model)
-
-        opts = QGroupBox("Training")
-        f = QFormLayout(opts)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 100000)
-        self.epochs.setValue(10)
-        self.steps = QSpinBox()
-        self.steps.setRange(0, 1000000)
-        self.steps.setSpecialValueText("one pass")
-        self.clicks = QSpinBox()
-        self.clicks.setRange(1, 50)
-        self.clicks.setValue(11)
-        self.batch = QSpinBox()
-        self.batch.setRange(1, 256)
-        self.batch.setValue(2)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(6)
-        self.lr.setRange(1e-6, 1.0)
-        self.lr.setSingleStep(1e-4)
-        self.lr.setValue(8e-4)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
-        for label, w in (("Epochs", self.epochs), ("Steps / epoch", self.steps), ("Clicks / sample", self.clicks),
-                         ("Batch size", self.batch), ("Learning rate", self.lr), ("Device", self.device_combo)):
-            f.addRow(label, w)
-        root.addWidget(opts)
-
-        row = QHBoxLayout()
-        self.start_btn = QPushButton("Start")
-        self.start_btn.clicked.connect(self.start)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.start_btn)
-        row.addWidget(self.cancel_btn)
-        root.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m steps")
-        root.addWidget(self.progress)
-        self.status = QLabel("idle")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-
-        from napari_msam.widgets.plots import MetricPlot
-
-        self.loss_plot = MetricPlot(title="training loss", xlabel="step", ylabel="loss", series=("loss",),
-                                    ylim=None)
-        self.dice_plot = MetricPlot(title="validation Dice", xlabel="epoch", ylabel="Dice",
-                                    series=("click 1", "last click", "mean"), ylim=(0.0, 1.0))
-        root.addWidget(self.loss_plot)
-        root.addWidget(self.dice_plot)
-        self.use_btn = QPushButton("Use in Segment widget")
-        self.use_btn.setEnabled(False)
-        self.use_btn.setToolTip("Load best.safetensors (else last.safetensors) into the Segment widget")
-        self.use_btn.clicked.connect(self.use_in_segment)
-        root.addWidget(self.use_btn)
-        root.addStretch(1)
+        self._on_init_changed()
 
     # ------------------------------------------------------------------ helpers
     def _browse_dir(self, edit: QLineEdit, title: str) -> None:
@@ -208,6 +84,7 @@ class TrainWidget(QWidget):
                                               "Checkpoints (*.pth *.pt *.safetensors);;All files (*)")
         if path:
             self.init_path.setText(path)
+            self.init_combo.setCurrentText(INIT_FILE)
 
     def _layers(self, kind: str) -> list[Any]:
         out = []
@@ -236,13 +113,34 @@ class TrainWidget(QWidget):
         self.val_patients.setEnabled(folder)
         self.val_protocol.setEnabled(folder)
 
+    def _on_init_changed(self, *_: Any) -> None:
+        choice = self.init_combo.currentText()
+        self.init_row.setVisible(choice == INIT_FILE)
+        self.config_combo.setEnabled(choice == INIT_SCRATCH)  # a fine-tuned model keeps its architecture
+
     @property
     def running(self) -> bool:
         return self.worker is not None
 
+    def _init_checkpoint(self) -> str | None:
+        choice = self.init_combo.currentText()
+        if choice == INIT_SCRATCH:
+            return None
+        if choice == INIT_DEFAULT:
+            from ..default_model import default_checkpoint_path
+
+            path = default_checkpoint_path()
+            if not path.is_file():
+                raise MSAMError(f"the embedded default model {path} is missing; choose a checkpoint file "
+                                "or “from scratch”")
+            return str(path)
+        text = self.init_path.text().strip()
+        if not text:
+            raise MSAMError("choose the checkpoint to fine-tune (or another “Start from”)")
+        return text
+
     def build_config(self):
         """TrainConfig from the form (raises MSAMError with a readable message on bad input)."""
-        from napari_msam.errors import MSAMError
         from napari_msam.training import TrainConfig, array_case
 
         cases = None
@@ -269,7 +167,7 @@ class TrainWidget(QWidget):
             raise MSAMError("choose an output folder")
         return TrainConfig(
             data=data, cases=cases, out_dir=out, model_config=self.config_combo.currentText(),
-            init_checkpoint=self.init_path.text().strip() or None,
+            init_checkpoint=self._init_checkpoint(),
             label_id=self.label_id.value() or None, val_patients=val, epochs=self.epochs.value(),
             steps_per_epoch=self.steps.value() or None, clicks=self.clicks.value(),
             batch_size=self.batch.value(), lr=self.lr.value(), device=self.device_combo.currentText(),
@@ -277,39 +175,50 @@ class TrainWidget(QWidget):
         )
 
     # ------------------------------------------------------------------ run
-    def start(self, config=None) -> None:
-        """Start training in a worker thread (``config`` overrides the form, for scripts and tests)."""
-        from napari.qt.threading import create_worker
-
+    def start(self, config: Any = None) -> None:
+        """Start training in a thread (``config`` overrides the form, for scripts and tests)."""
         from napari_msam.training import Trainer
 
         if self.running:
             return
+        self.last_error = None
         try:
             cfg = config if config is not None else self.build_config()
-        except ValueError as exc:
-            self._set_status(str(exc), error=True)
+            self.trainer = Trainer(cfg, callback=self._bridge.event.emit)
+        except ValueError as exc:  # MSAMError and its kin: the user can act on the message
+            self._fail(str(exc))
             return
         self.events = []
         self.result = None
-        self.last_error = None
+        self.best_val_dice = None
         self.loss_plot.clear()
         self.dice_plot.clear()
-        self.trainer = Trainer(cfg, callback=self._bridge.event.emit)
-        self.worker = create_worker(self.trainer.fit)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.use_btn.setEnabled(False)
         self._set_status("preparing data…")
+        self.worker = threading.Thread(target=self._run, args=(self.trainer,), name="napari-msam-train",
+                                       daemon=True)
         self.worker.start()
 
+    def _run(self, trainer: Any) -> None:
+        """The training thread: never raises; the end goes to the GUI thread as (result, error)."""
+        try:
+            result, error = trainer.fit(), None
+        except ValueError as exc:
+            result, error = None, str(exc)
+        except Exception as exc:  # a bug: the traceback goes to the log, the user gets one line
+            log.warning("training failed", exc_info=True)
+            result, error = None, f"unexpected {type(exc).__name__}: {exc}"
+        try:
+            self._bridge.ended.emit(result, error)
+        except RuntimeError:  # the widget is gone
+            pass
+
     def cancel(self) -> None:
-        if self.trainer is not None:
+        if self.trainer is not None and self.running:
             self.trainer.cancel()
-            self._set_status("cancelling: writing a checkpoint…")
+            self._set_status("cancelling after the current step: writing a checkpoint…")
 
     def _set_status(self, text: str, error: bool = False) -> None:
         if error:
@@ -317,6 +226,20 @@ class TrainWidget(QWidget):
             self.status.setText(f"<span style='color:#ff6b6b'>{body}</span>")
         else:
             self.status.setText(text)
+
+    def _notify(self, text: str) -> None:
+        try:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"M-SAM training: {text}")
+        except Exception:  # notifications are a nicety
+            pass
+
+    def _fail(self, text: str) -> None:
+        line = text.strip().splitlines()[0] if text.strip() else "failed"
+        self.last_error = line
+        self._set_status(f"training failed: {line}", error=True)
+        self._notify(line)
 
     def _on_event(self, ev: Any) -> None:
         self.events.append(ev)
@@ -337,24 +260,27 @@ class TrainWidget(QWidget):
                 self.dice_plot.add_point("click 1", ev.epoch, d[0])
                 self.dice_plot.add_point("last click", ev.epoch, d[-1])
                 self.dice_plot.add_point("mean", ev.epoch, float(np.mean(d)))
+                self.best_val_dice = max(self.best_val_dice or 0.0, float(np.mean(d)))
                 text += f", val Dice @1 {d[0]:.3f} @{len(d)} {d[-1]:.3f}"
             self._set_status(text)
             self.use_btn.setEnabled(True)
-        elif ev.kind in ("done", "cancelled"):
-            self._set_status(f"{ev.kind}: {ev.global_step} steps, {ev.elapsed_s:.0f} s {ev.message}".strip())
 
-    def _on_returned(self, result: Any) -> None:
-        self.result = result
-
-    def _on_errored(self, exc: BaseException) -> None:
-        self.last_error = str(exc)
-        self._set_status(f"training failed: {exc}", error=True)
-
-    def _on_finished(self) -> None:
+    def _on_ended(self, result: Any, error: str | None) -> None:
         self.worker = None
+        self.result = result
         self.start_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.use_btn.setEnabled(self.checkpoint_path() is not None)
+        if error is not None:
+            self._fail(error)
+            return
+        kept = self.checkpoint_path()
+        steps = getattr(result, "global_step", 0)
+        if getattr(result, "cancelled", False):
+            where = f"; checkpoint kept: {kept}" if kept else "; no checkpoint written"
+            self._set_status(f"cancelled after {steps} steps{where}")
+        else:
+            self._set_status(f"done: {steps} steps; checkpoint: {kept}")
 
     def checkpoint_path(self) -> Path | None:
         out = Path(self.out_dir.text().strip() or ".")
@@ -390,6 +316,10 @@ class TrainWidget(QWidget):
             self._set_status("no checkpoint yet", error=True)
             return None
         self.checkpoint_ready.emit(str(path))
+        warning = None
+        if self.best_val_dice is not None and self.best_val_dice < UNTRAINED_DICE:
+            warning = (f"{path.name} has validation Dice {self.best_val_dice:.3f}: it has not learned the task "
+                       "yet (more data or epochs, or fine-tune the default model)")
         seg = self._find_segment_widget()
         if seg is None:
             from napari_msam.widgets.segment import SegmentWidget
@@ -397,12 +327,13 @@ class TrainWidget(QWidget):
             seg = SegmentWidget(self.viewer, model_path=str(path))
             self.viewer.window.add_dock_widget(seg, name="Segment (M-SAM)", area="right")
         else:
-            from napari_msam.widgets.segment import FILE_MODEL
-
-            seg.model_combo.setCurrentText(FILE_MODEL)
-            seg.model_path.setText(str(path))
-            seg._on_model_changed()
-        self._set_status(f"{path.name} loaded into the Segment widget")
+            seg.set_model(str(path))
+        seg.model.warning = warning
+        if warning:
+            self._set_status(f"loaded into the Segment widget, but {warning}", error=True)
+            self._notify(warning)
+        else:
+            self._set_status(f"{path.name} loaded into the Segment widget")
         return seg
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
