@@ -236,3 +236,26 @@ def test_robust_reoriented_arrays_have_no_negative_strides(tmp_path):
     torch.from_numpy(vol.data)  # raises on a negative stride
     back = vol.to_original(vol.data)
     assert all(s >= 0 for s in back.strides)
+
+
+def test_robust_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path, capsys, scan, threshold_loaded,
+                                                                        monkeypatch):
+    """A `segment` killed mid-write leaves its hidden temporary; the next write of that file removes it once
+    it is older than any write takes, and leaves a fresh one (a writer still at work) alone."""
+    import time
+
+    from napari_msam.atomic import STALE_AFTER_S
+
+    monkeypatch.setattr(cli, "_load_model", lambda args: threshold_loaded)
+    out = tmp_path / "mask.nii.gz"
+    dead = tmp_path / ".mask.nii.gz.abcd1234.tmp"
+    alive = tmp_path / ".mask.nii.gz.efgh5678.tmp"
+    other = tmp_path / ".other.nii.gz.ijkl9012.tmp"
+    for p in (dead, alive, other):
+        p.write_bytes(b"half a mask")
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(dead, (old, old))
+    os.utime(other, (old, old))
+    assert cli.main(_seg_args(scan, out)) == 0
+    assert out.is_file() and not dead.exists()
+    assert alive.exists() and other.exists()  # a writer still at work; another file's leftovers

@@ -3,7 +3,8 @@
 A crash or a full disk mid-write must never leave a half-written checkpoint or mask behind, so data go
 to a temporary file in the destination folder first and replace the target with ``os.replace``. A
 process killed mid-write (SIGKILL, power loss) leaves only its temporary; :func:`stale_temporaries`
-finds those so a later run can remove them.
+finds those so a later run can remove them, and a later write of the same file removes the ones of that
+file that are older than any write takes (:data:`STALE_AFTER_S`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +23,8 @@ from typing import IO, Any
 #: up to NAME_MAX (255) characters still gets a temporary that fits: "." + 64 + "." + 8 random + ".tmp"
 _TEMP_NAME_CHARS = 64
 _TEMP_RE = re.compile(rf"^\..{{1,{_TEMP_NAME_CHARS}}}\.[a-z0-9_]{{8}}\.tmp$")
+#: a temporary untouched for this long belongs to a killed writer (no mask or checkpoint write takes an hour)
+STALE_AFTER_S = 3600.0
 
 
 def _temp_prefix(name: str) -> str:
@@ -36,6 +40,16 @@ def stale_temporaries(folder: str | Path) -> list[Path]:
         return sorted(p for p in Path(folder).iterdir() if _TEMP_RE.match(p.name) and p.is_file())
     except OSError:
         return []
+
+
+def _remove_stale_of(target: Path, folder: Path) -> None:
+    """Remove the temporaries of ``target`` that a killed writer left behind (old enough to be dead)."""
+    prefix, now = _temp_prefix(target.name), time.time()
+    for tmp in stale_temporaries(folder):
+        if tmp.name.startswith(prefix):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > STALE_AFTER_S:
+                    tmp.unlink()
 
 
 def _user_error(exc: OSError, target: Path) -> OSError:
@@ -62,6 +76,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=folder)
     except OSError as exc:
         raise _user_error(exc, target) from None
+    _remove_stale_of(target, folder)
     kwargs: dict[str, Any] = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
