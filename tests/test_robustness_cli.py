@@ -259,3 +259,21 @@ def test_robust_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path
     assert cli.main(_seg_args(scan, out)) == 0
     assert out.is_file() and not dead.exists()
     assert alive.exists() and other.exists()  # a writer still at work; another file's leftovers
+
+
+def test_robust_unwritable_output_folder_is_one_line_before_any_work(tmp_path, capsys, scan, threshold_loaded,
+                                                                     monkeypatch):
+    """A read-only folder (simulated: the tests run as root, which ignores permissions) is refused in one
+    line naming the user's path, before the model is loaded."""
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(ro) else real_access(p, mode))
+
+    def no_model(args):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(cli, "_load_model", no_model)
+    err = _one_line_error(capsys, _seg_args(scan, ro / "mask.nii.gz"))
+    assert "not writable" in err and str(ro / "mask.nii.gz") in err
+    assert list(ro.iterdir()) == []
