@@ -4,7 +4,7 @@ with ``--crops``, the batch's training crops made one after another against side
 Usage:  .venv/bin/python benchmarks/bench_training.py [--config msam-small] [--threads 1] [--clicks 7]
         [--batch 2] [--repeats 5] [--device cpu]
         .venv/bin/python benchmarks/bench_training.py --crops [--workers 2] [--batch 8] [--clicks 10]
-        [--threads 2] [--patients 4] [--repeats 7]
+        [--threads 2] [--patients 4] [--repeats 7] [--step-repeats 3] [--ceiling]
 
 ``--crops`` prepares real STS cases (``../shared/data/sts``, cached under ``runs/bench-crops``) at the
 shipped model's spacing, then times ``Trainer.batch`` with the burst's augmentations, serial (1 worker)
@@ -40,6 +40,61 @@ def _batch(size: int, batch: int, device: str) -> tuple[torch.Tensor, torch.Tens
     gt = (r < size / 5).float().expand(batch, 1, size, size, size).contiguous()
     img = gt * 1.5 + torch.randn(gt.shape, generator=g)
     return img.to(device), gt.to(device)
+
+
+def _ceiling(trainer, cases, idx, size, jitter, args) -> tuple[float, float, float]:
+    """Serial against threads against forked processes, each worker making whole batches: what the
+    machine allows in parallel (processes share no GIL) and how close the threads come to it."""
+    import multiprocessing as mp
+    import threading
+
+    from napari_msam.training.batches import CropPool, sample_rngs
+
+    trainer._crops = CropPool(1)
+
+    def batches(seed: int) -> None:
+        for step in range(3):
+            trainer.batch(cases, idx, sample_rngs(seed, 0, step, 0, 0, len(idx)), size, jitter, True, "cpu")
+
+    def timed(start) -> float:
+        t0 = time.perf_counter()
+        runners = [start(w) for w in range(args.workers)]
+        for r in runners:
+            r.join()
+        return time.perf_counter() - t0
+
+    def thread(w):
+        t = threading.Thread(target=batches, args=(w,))
+        t.start()
+        return t
+
+    ctx = mp.get_context("fork")
+    done = ctx.Queue()
+
+    def child(w: int) -> None:
+        t0 = time.perf_counter()
+        batches(w)
+        done.put((t0, time.perf_counter()))
+
+    def processes() -> float:
+        """From the first child's start to the last one's end, the fork itself left out."""
+        ps = [ctx.Process(target=child, args=(w,)) for w in range(args.workers)]
+        for p in ps:
+            p.start()
+        spans = [done.get() for _ in ps]
+        for p in ps:
+            p.join()
+        return max(e for _, e in spans) - min(s for s, _ in spans)
+
+    out: list[list[float]] = [[], [], []]
+    for _ in range(max(3, args.repeats // 3)):
+        t0 = time.perf_counter()
+        for w in range(args.workers):
+            batches(w)
+        out[0].append(time.perf_counter() - t0)
+        out[1].append(timed(thread))
+        out[2].append(processes())
+    return tuple(statistics.median(v) for v in out)  # type: ignore[return-value]
 
 
 def _crop_bench(args: argparse.Namespace) -> None:
@@ -85,7 +140,7 @@ def _crop_bench(args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
     step_times = []
-    for r in range(max(2, args.repeats // 3)):
+    for r in range(args.step_repeats + 1 if args.step_repeats else 0):
         _, x, y = make(args.workers, 100 + r)
         t0 = time.perf_counter()
         res = interaction_loss(model, x, y, n_clicks=args.clicks, rng=np.random.default_rng(r),
@@ -96,7 +151,7 @@ def _crop_bench(args: argparse.Namespace) -> None:
         step_times.append(time.perf_counter() - t0)
     for p in pools.values():
         p.close()
-    step = statistics.median(step_times[1:])
+    ceiling = _ceiling(trainer, cases, idx, size, jitter, args) if args.ceiling else None
     print(f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {args.threads} torch thread(s); {model.config.name} ({size}^3), "
           f"{len(cases)} cases, batch {args.batch}, burst augmentations")
@@ -105,8 +160,14 @@ def _crop_bench(args: argparse.Namespace) -> None:
     print(f"crops {args.workers} workers  median {par * 1e3:.0f} ms/batch = {args.batch / par:.0f} crops/s "
           f"({', '.join(f'{t * 1e3:.0f}' for t in times[args.workers])})")
     print(f"speed-up serial/{args.workers} workers: {serial / par:.2f}x; same batch: {same}")
-    print(f"model step (fp32, {args.clicks} clicks, crops excluded) median {step:.2f} s "
-          f"({', '.join(f'{t:.2f}' for t in step_times)}); crops serial = {serial / step:.1%} of it")
+    if ceiling:
+        print(f"{args.workers} x {args.batch} crops in one batch each, serial / {args.workers} threads / "
+              f"{args.workers} processes: median {ceiling[0]:.2f} / {ceiling[1]:.2f} / {ceiling[2]:.2f} s; "
+              f"speed-up threads {ceiling[0] / ceiling[1]:.2f}x, processes (no GIL) {ceiling[0] / ceiling[2]:.2f}x")
+    if step_times:
+        step = statistics.median(step_times[1:])  # the first step pays one-time costs
+        print(f"model step (fp32, {args.clicks} clicks, crops excluded) median {step:.2f} s "
+              f"({', '.join(f'{t:.2f}' for t in step_times)}); crops serial = {serial / step:.1%} of it")
 
 
 def main() -> None:
@@ -119,6 +180,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--crops", action="store_true", help="time the batch's crops, serial against --workers")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ceiling", action="store_true",
+                    help="--crops: also serial vs threads vs processes, each worker making whole batches")
+    ap.add_argument("--step-repeats", type=int, default=3, help="--crops: model steps timed (0: none)")
     ap.add_argument("--patients", type=int, default=4, help="--crops: STS patients (CT + MR each) to crop from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
