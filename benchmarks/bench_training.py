@@ -137,6 +137,15 @@ def _crop_bench(args: argparse.Namespace) -> None:
         times[args.workers].append(tn)
         same = same and torch.equal(x1, xn) and torch.equal(y1, yn)
     serial, par = statistics.median(times[1]), statistics.median(times[args.workers])
+    # the same crops at a 4^3 ROI: what a crop costs besides its voxels (Python, op dispatch), an upper
+    # bound of the part the GIL keeps serial
+    trainer._crops = pools[1]
+    fixed = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        trainer.batch(cases, idx, sample_rngs(cfg.seed, 0, r + 1, 0, 0, len(idx)), 4, jitter, True, "cpu")
+        fixed.append(time.perf_counter() - t0)
+    fixed_ms = statistics.median(fixed) / len(idx) * 1e3
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
     step_times = []
@@ -160,6 +169,9 @@ def _crop_bench(args: argparse.Namespace) -> None:
     print(f"crops {args.workers} workers  median {par * 1e3:.0f} ms/batch = {args.batch / par:.0f} crops/s "
           f"({', '.join(f'{t * 1e3:.0f}' for t in times[args.workers])})")
     print(f"speed-up serial/{args.workers} workers: {serial / par:.2f}x; same batch: {same}")
+    share = fixed_ms / (serial / len(idx) * 1e3)
+    print(f"fixed cost a crop (4^3 ROI) {fixed_ms:.2f} ms = {share:.0%} of a {size}^3 crop; Amdahl bound for "
+          f"16 workers {1 / (share + (1 - share) / 16):.1f}x")
     if ceiling:
         print(f"{args.workers} x {args.batch} crops in one batch each, serial / {args.workers} threads / "
               f"{args.workers} processes: median {ceiling[0]:.2f} / {ceiling[1]:.2f} / {ceiling[2]:.2f} s; "
