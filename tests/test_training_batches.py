@@ -130,3 +130,21 @@ def test_resuming_a_state_from_before_per_sample_streams_goes_on_and_says_so(tmp
                   callback=events.append).fit()
     assert res.global_step == 2 and np.isfinite(res.history["steps"][-1]["loss"])
     assert "older version" in next(e.message for e in events if e.kind == "start")
+
+
+def test_cli_crop_workers_option_trains_and_refuses_a_negative_count(tmp_path, capsys):
+    from _training_helpers import write_nifti
+    from napari_msam.training.cli import main
+
+    for i in range(2):
+        img, lab, sp = blob_case(i)
+        write_nifti(tmp_path / "data" / f"c{i}.nii.gz", img, sp)
+        write_nifti(tmp_path / "data" / f"c{i}_label.nii.gz", lab, sp)
+    args = [str(tmp_path / "data"), "--config", "msam-tiny", "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "2", "--clicks", "2", "--spacing", "2.5", "--val-patients", "c1", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "bad"), "--crop-workers", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "crop_workers (--crop-workers) must be an integer >= 0" in err
+    assert main([*args, "--out", str(tmp_path / "ok"), "--crop-workers", "2"]) == 0
+    assert "2 crop workers" in capsys.readouterr().out
+    assert (tmp_path / "ok" / "last.safetensors").is_file()

@@ -2,8 +2,9 @@
 
 Qt-free; the widget and the CLI are clients that pass a callback (progress events) and may call
 ``cancel()`` from another thread (the CLI does so on SIGINT / SIGTERM). Every random draw of a step
-comes from a generator seeded by (seed, epoch, step, micro-batch, rank), so resuming from ``state.pt``
-replays exactly the same steps. The output folder is locked for the whole run.
+comes from generators seeded by (seed, epoch, step, micro-batch, rank), each crop's from a child keyed by
+its place in the micro-batch (``batches``), so resuming from ``state.pt`` replays exactly the same steps
+whatever the number of crop workers. The output folder is locked for the whole run.
 """
 
 from __future__ import annotations
