@@ -21,6 +21,7 @@ from napari_msam.model.builder import build_model
 from napari_msam.model.config import PreprocessConfig
 from napari_msam.model.weights import load_checkpoint, save_checkpoint
 from napari_msam.training import burst, pack
+from napari_msam.training.batches import resolve_workers
 from napari_msam.training.data import discover_cases, prepare_cases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +139,7 @@ def test_gpu_train_script_dry_run_then_join(packed, tmp_path, capsys):
     assert all((out / n).stat().st_size <= 0.25 * 2**20 for n in parts)
     log = json.loads((out / "log.json").read_text())
     assert log["run"]["device"] == "cpu" and log["run"]["batch_size"] == 2
+    assert log["run"]["crop_workers"] == resolve_workers(0, 2)  # one crop thread per core, up to the batch
     assert log["done"]["stopped_by_time"] and log["done"]["global_step"] == len(log["steps"]) > 0
     assert all(np.isfinite(s[2]) for s in log["steps"]) and len(log["epochs"][0]["val_dice"]) == 3
     assert "[burst] done" in (out / "train.log").read_text()

@@ -186,6 +186,7 @@ def run_burst(args: argparse.Namespace) -> dict:
     from napari_msam.model.builder import build_model
     from napari_msam.model.config import get_config
     from napari_msam.model.weights import load_checkpoint
+    from napari_msam.training.batches import resolve_workers
     from napari_msam.training.pack import load_packed
     from napari_msam.training.trainer import TrainConfig, Trainer
 
@@ -231,10 +232,11 @@ def run_burst(args: argparse.Namespace) -> dict:
         batch_size=batch, lr=args.lr, weight_decay=0.1, decoder_lr_factor=1.0, gamma=args.gamma,
         warmup_steps=args.warmup_steps, grad_clip=1.0, clicks=args.clicks, val_clicks=args.val_clicks,
         intensity_prob=0.5, rot90_prob=0.5, val_every=args.val_every, seed=args.seed, device=device,
-        amp=True, cache=False, time_limit_s=1.0)
+        amp=True, cache=False, time_limit_s=1.0, crop_workers=args.crop_workers)
     run = {"device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
            "torch": torch.__version__, "init": init or "scratch", "config": config_name, "batch_size": batch,
-           "probe": probe, "budget_s": args.budget_s, "packed_sha256": packed.manifest.get("sha256"),
+           "probe": probe, "crop_workers": resolve_workers(args.crop_workers, batch),
+           "budget_s": args.budget_s, "packed_sha256": packed.manifest.get("sha256"),
            "cases": len(packed.cases), "val_patients": packed.val_patients, "lr": args.lr}
     log = _Log(out, run)
     state = {"t_train": None, "last_export": -math.inf, "manifest": None}
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-batch", type=int, default=32,
                    help="cap of the automatic batch: crops and clicks are made on the CPU, so a bigger batch "
                         "buys fewer optimizer steps, not more samples")
+    t.add_argument("--crop-workers", type=int, default=0,
+                   help="threads that make a batch's crops side by side (0: one per CPU core, at most the batch)")
     t.add_argument("--lr", type=float, default=4e-4)
     t.add_argument("--gamma", type=float, default=0.3)
     t.add_argument("--lr-drops", type=float, nargs="*", default=[0.7, 0.9],

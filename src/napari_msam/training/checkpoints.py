@@ -64,6 +64,8 @@ class ResumePoint(NamedTuple):
     step_in_epoch: int
     global_step: int
     best_score: float
+    #: the crop random streams the run was made with (``batches.CROP_STREAM``; 1: before per-sample streams)
+    crop_stream: int = 1
 
 
 def save_state(out_dir: Path, model, preprocess, optimizer, metadata: dict, counters: dict[str, Any],
@@ -138,5 +140,6 @@ def load_state(out_dir: Path, model, optimizer) -> tuple[ResumePoint, dict]:
     if torch.cuda.is_available() and state.get("cuda_rng"):
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     best = state.get("best_score", -math.inf)
-    point = ResumePoint(int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"]), float(best))
+    point = ResumePoint(int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"]), float(best),
+                        int(state.get("crop_stream", 1)))
     return point, state.get("history") or {"epochs": [], "steps": []}

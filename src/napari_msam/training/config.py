@@ -80,6 +80,9 @@ class TrainConfig:
     seed: int = 2023
     device: str = "auto"
     num_threads: int | None = None
+    # threads that make a batch's crops side by side; 0 = one per core (this process's share), at most one
+    # per sample; 1 = one after another on the training thread. The crops are the same for any number.
+    crop_workers: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     cpu_bf16: bool = False  # bf16 autocast on the CPU too (pays off with AVX512-BF16 / AMX GEMMs)
     time_limit_s: float | None = None  # stop cleanly (checkpoint written) after this much training time
@@ -132,7 +135,7 @@ _FLAGS = {
     "epochs": "--epochs", "steps_per_epoch": "--steps-per-epoch", "batch_size": "--batch-size",
     "accumulation": "--accumulation", "clicks": "--clicks", "val_clicks": "--val-clicks", "val_every": "--val-every",
     "val_seeds": "--val-seeds", "warmup_steps": "--warmup-steps", "jitter": "--jitter",
-    "num_threads": "--threads", "label_id": "--label-id", "seed": "--seed", "lr": "--lr",
+    "num_threads": "--threads", "crop_workers": "--crop-workers", "label_id": "--label-id", "seed": "--seed", "lr": "--lr",
     "weight_decay": "--weight-decay", "gamma": "--gamma", "decoder_lr_factor": "--decoder-lr-factor",
     "grad_clip": "--grad-clip", "dice_weight": "--dice-weight", "bce_weight": "--bce-weight",
     "time_limit_s": "--time-limit", "val_fraction": "--val-fraction", "max_zoom": "--zoom",
@@ -180,7 +183,7 @@ def _problems(cfg: TrainConfig) -> list[str]:
                                               "val_seeds")),
         *(_int_at_least(cfg, k, 1, optional=True) for k in ("steps_per_epoch", "val_clicks", "num_threads",
                                                              "label_id")),
-        *(_int_at_least(cfg, k, 0) for k in ("warmup_steps", "min_fg", "seed")),
+        *(_int_at_least(cfg, k, 0) for k in ("warmup_steps", "min_fg", "seed", "crop_workers")),
         _int_at_least(cfg, "jitter", 0, optional=True),
         _number_in(cfg, "lr", 0.0, open_low=True),
         *(_number_in(cfg, k, 0.0) for k in ("weight_decay", "dice_weight", "bce_weight")),

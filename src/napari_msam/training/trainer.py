@@ -2,13 +2,16 @@
 
 Qt-free; the widget and the CLI are clients that pass a callback (progress events) and may call
 ``cancel()`` from another thread (the CLI does so on SIGINT / SIGTERM). Every random draw of a step
-comes from a generator seeded by (seed, epoch, step, micro-batch, rank), so resuming from ``state.pt``
-replays exactly the same steps. The output folder is locked for the whole run.
+comes from generators seeded by (seed, epoch, step, micro-batch, rank), each crop's from a child keyed by
+its place in the micro-batch (``batches``), so resuming from ``state.pt`` replays exactly the same steps
+whatever the number of crop workers. The output folder is locked for the whole run.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 import napari_msam.training.distributed as D
+from napari_msam.training.batches import CROP_STREAM, CropPool, resolve_workers, sample_rngs
 from napari_msam.training.checkpoints import STATE_VERSION, load_state, run_lock, save_state
 from napari_msam.training.config import RunLockedError, TrainConfig, TrainEvent, TrainingError, TrainResult
 from napari_msam.training.data import (
@@ -87,6 +91,7 @@ class Trainer:
         self.preprocess = None
         self.optimizer = None
         self.history: dict[str, list] = {"epochs": [], "steps": []}
+        self._crops: CropPool | None = None
 
     # ------------------------------------------------------------------ public
     def cancel(self) -> None:
@@ -129,6 +134,9 @@ class Trainer:
 
     def _release(self) -> None:
         self.optimizer = None
+        if self._crops is not None:
+            self._crops.close()
+            self._crops = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -184,21 +192,31 @@ class Trainer:
             D.barrier(info)
         return all_prepared[: len(train_specs)], all_prepared[len(train_specs) :], jitter
 
-    def batch(self, cases: Sequence[PreparedCase], idx: Sequence[int], rng, img_size, jitter, flips, device):
-        """A batch of training (``flips``: augmented) or validation crops as (B,1,S,S,S) tensors on ``device``."""
+    def batch(self, cases: Sequence[PreparedCase], idx: Sequence[int], rngs, img_size, jitter, flips, device):
+        """A batch of training (``flips``: augmented) or validation crops as (B,1,S,S,S) tensors on ``device``.
+
+        ``rngs``: one generator per sample (``batches.sample_rngs``), the crops then made side by side on
+        the run's crop pool; or one generator that the crops draw from one after another.
+        """
         cfg = self.config
-        imgs, gts = [], []
-        for i in idx:
+
+        def crop(i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             zoom = self.roi_zoom.sample(rng) if (flips and self.roi_zoom is not None) else 1.0
-            im, gt = sample_crop(cases[i], img_size, rng, preprocess=self.preprocess, jitter=jitter, flips=flips,
-                                 min_fg=cfg.min_fg, click_centre_prob=cfg.click_centre_prob if flips else 0.0,
-                                 zoom=zoom, intensity_prob=cfg.intensity_prob if flips else 0.0,
-                                 rot90_prob=cfg.rot90_prob if flips else 0.0,
-                                 rotate_prob=cfg.rotate_prob if flips else 0.0, rotate_max_deg=cfg.rotate_max_deg)
-            imgs.append(im)
-            gts.append(gt)
-        x = torch.from_numpy(np.stack(imgs)[:, None]).to(device)
-        y = torch.from_numpy(np.stack(gts)[:, None].astype(np.float32)).to(device)
+            return sample_crop(cases[i], img_size, rng, preprocess=self.preprocess, jitter=jitter, flips=flips,
+                               min_fg=cfg.min_fg, click_centre_prob=cfg.click_centre_prob if flips else 0.0,
+                               zoom=zoom, intensity_prob=cfg.intensity_prob if flips else 0.0,
+                               rot90_prob=cfg.rot90_prob if flips else 0.0,
+                               rotate_prob=cfg.rotate_prob if flips else 0.0, rotate_max_deg=cfg.rotate_max_deg)
+
+        if isinstance(rngs, np.random.Generator):
+            pairs = [crop(int(i), rngs) for i in idx]
+        else:
+            if len(rngs) != len(idx):
+                raise ValueError(f"{len(idx)} samples but {len(rngs)} generators")
+            pool = self._crops or CropPool(1)
+            pairs = pool.map([functools.partial(crop, int(i), r) for i, r in zip(idx, rngs, strict=True)])
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).to(device)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.float32)).to(device)
         return x, y
 
     def _epoch_order(self, epoch: int, n_cases: int, n_needed: int) -> np.ndarray:
@@ -248,7 +266,7 @@ class Trainer:
     def _save(self, run: _Run, epoch: int, step_in_epoch: int, global_step: int, best_score: float,
               val: list[float] | None, is_best: bool) -> None:
         counters = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                    "best_score": best_score}
+                    "best_score": best_score, "crop_stream": CROP_STREAM}
         cfg = self.config
         save_state(self.out_dir, run.model, self.preprocess, run.optimizer,
                    self.metadata(epoch, step_in_epoch, global_step, val), counters, self.history,
@@ -265,6 +283,8 @@ class Trainer:
         self.model = model
         img_size = int(model.config.img_size)
         train, val, jitter = self._load_data(self.preprocess, img_size, info)
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size if info.enabled else 1))
+        self._crops = CropPool(resolve_workers(cfg.crop_workers, cfg.batch_size, per_machine))
         D.broadcast_parameters(model, info)
         groups = self._param_groups(model, from_scratch)
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
@@ -287,8 +307,9 @@ class Trainer:
                 return None
             base = ((step * cfg.accumulation + micro) * info.world_size + info.rank) * cfg.batch_size
             idx = order[base : base + cfg.batch_size]
-            rng = np.random.default_rng([cfg.seed, epoch, step, micro, info.rank])
-            x, y = self.batch(run.train, idx, rng, run.img_size, run.jitter, cfg.flips, run.device)
+            rngs = sample_rngs(cfg.seed, epoch, step, micro, info.rank, len(idx))
+            x, y = self.batch(run.train, idx, rngs, run.img_size, run.jitter, cfg.flips, run.device)
+            rng = np.random.default_rng([cfg.seed, epoch, step, micro, info.rank])  # the clicks'
             res = interaction_loss(run.model, x, y, n_clicks=cfg.clicks, rng=rng, strategy=cfg.click_strategy,
                                    dice_weight=cfg.dice_weight, bce_weight=cfg.bce_weight,
                                    multi_click=cfg.multi_click, autocast=run.use_amp,
@@ -312,12 +333,18 @@ class Trainer:
         run = self._setup(info)
         model, steps = run.model, run.steps
         start_epoch, start_step, global_step, best_score = 0, 0, 0, -math.inf
+        note = ""
         if cfg.resume:
             point, self.history = load_state(self.out_dir, model, run.optimizer)
-            start_epoch, start_step, global_step, best_score = point
+            start_epoch, start_step, global_step, best_score = point[:4]
+            if point.crop_stream != CROP_STREAM:
+                note = ("; the run was begun by an older version whose crops drew from other random streams: "
+                        "it goes on with this version's (resume with that version to replay it exactly)")
+        workers = self._crops.workers if self._crops is not None else 1
         self._emit(TrainEvent("start", epoch=start_epoch, epochs=cfg.epochs, steps=steps, global_step=global_step,
                               message=f"{len(run.train)} train / {len(run.val)} val cases, {model.config.name} on "
-                                      f"{run.device}, world size {info.world_size}"))
+                                      f"{run.device}, world size {info.world_size}, {workers} crop worker"
+                                      f"{'s' if workers != 1 else ''}{note}"))
         model.train()
         cancelled = stopped_by_time = False
         epoch, step = start_epoch, start_step
