@@ -8,7 +8,7 @@ import pytest
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from msam_gui_helpers import BallSession, blob_volume, click_canvas, click_voxel, press
-from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME, SegmentWidget
+from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME
 
 pytestmark = pytest.mark.gui
 SCALE = (2.0, 1.0, 1.0)
@@ -20,27 +20,11 @@ def _idle(qtbot, w, timeout=30000):
 
 
 @pytest.fixture
-def seg(make_napari_viewer, qtbot, tiny_checkpoint):
-    made = []
-
+def seg(make_segment_widget):
     def factory(session_factory=BallSession, image=True):
-        viewer = make_napari_viewer(show=True)
-        if image:
-            img, gt = blob_volume()
-            viewer.add_image(img, name="blob MR", scale=SCALE)
-            viewer.add_labels(gt, name="blob MR ground truth", scale=SCALE)
-        w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=session_factory)
-        viewer.window.add_dock_widget(w)
-        made.append(w)
-        _idle(qtbot, w)
-        return viewer, w
+        return make_segment_widget(session_factory, image=None if image else False, show=True)
 
-    BallSession.instances.clear()
-    BallSession.delay = 0.0
-    yield factory
-    BallSession.delay = 0.0
-    for w in made:
-        w.close_worker()
+    return factory
 
 
 def test_reset_while_a_click_computes_leaves_no_ghost(seg, qtbot):
@@ -196,7 +180,7 @@ def test_both_docks_fit_a_1080_screen_and_colours_differ_from_ground_truth(seg, 
 
 def test_network_mask_shows_before_edge_refinement(seg, qtbot, monkeypatch):
     viewer, w = seg(session_factory=None)
-    assert w.edge_refine == "auto" and w.controls.modality_combo.currentText() == "MR"
+    assert w.controls.edge_refine == "auto" and w.controls.modality_combo.currentText() == "MR"
     texts: list[str] = []
     show = w.show_message
     monkeypatch.setattr(w, "show_message", lambda text, level="info": (texts.append(text), show(text, level)))

@@ -3,16 +3,17 @@ real key events; clicks on the canvas at a voxel's screen position."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-from msam_gui_helpers import BallSession, blob_volume, click_voxel, find_button, press
-from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME, SegmentWidget
+from msam_gui_helpers import BallSession, click_voxel, find_button, press
+from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME
 
 pytestmark = pytest.mark.gui
-SCALE = (2.0, 1.0, 1.0)
 
 
 def _idle(qtbot, w, timeout=30000):
@@ -26,25 +27,8 @@ def _ball(shape, center, r=BallSession.radius):
 
 
 @pytest.fixture
-def seg(make_napari_viewer, qtbot, tiny_checkpoint):
-    made = []
-
-    def factory(session_factory=BallSession):
-        viewer = make_napari_viewer(show=True)
-        img, gt = blob_volume()
-        viewer.add_image(img, name="blob MR", scale=SCALE)
-        viewer.add_labels(gt, name="blob MR ground truth", scale=SCALE)
-        w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=session_factory)
-        viewer.window.add_dock_widget(w)
-        made.append(w)
-        _idle(qtbot, w)
-        return viewer, w
-
-    BallSession.instances.clear()
-    BallSession.delay = 0.0
-    yield factory
-    for w in made:
-        w.close_worker()
+def seg(make_segment_widget):
+    return functools.partial(make_segment_widget, show=True)
 
 
 def _clicks(session=None):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from msam_gui_helpers import BallSession, blob_volume
+from msam_gui_helpers import BallSession
 from napari_msam.widgets.segment import (
     OUTPUT_NAME,
     PROMPTS_NAME,
@@ -25,28 +27,8 @@ def _idle(qtbot, w, timeout=30000):
 
 
 @pytest.fixture
-def make_widget(make_napari_viewer, qtbot, tiny_checkpoint):
-    made = []
-
-    def factory(session_factory=BallSession, image=None, name="blob MR", scale=SCALE, translate=(0, 0, 0)):
-        viewer = make_napari_viewer()
-        img, gt = blob_volume() if image is None else (image, None)
-        viewer.add_image(img, name=name, scale=scale, translate=translate)
-        if gt is not None:
-            viewer.add_labels(gt, name=f"{name} ground truth", scale=scale, translate=translate)
-        w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=session_factory,
-                          confirm_clear=False)
-        viewer.window.add_dock_widget(w)
-        made.append(w)
-        _idle(qtbot, w)
-        return viewer, w
-
-    BallSession.instances.clear()
-    BallSession.delay = 0.0
-    yield factory
-    for w in made:
-        w.close_worker()
-        assert not w.worker.is_alive()
+def make_widget(make_segment_widget):
+    return functools.partial(make_segment_widget, confirm_clear=False)
 
 
 def _click(w, voxel, positive=True):
@@ -93,7 +75,7 @@ def test_flip_views_setting_reaches_the_session(make_widget, qtbot):
 
 def test_edge_refinement_setting_reaches_the_session(make_widget, qtbot):
     viewer, w = make_widget(session_factory=None)
-    assert w.edge_refine == "auto" and w.controls.modality_combo.currentText() == "MR"
+    assert w.controls.edge_refine == "auto" and w.controls.modality_combo.currentText() == "MR"
     viewer.layers[PROMPTS_NAME].add(np.array([10.0, 20.0, 18.0]))
     _idle(qtbot, w, 60000)
     session = w.worker.state.session

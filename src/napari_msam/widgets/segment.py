@@ -98,34 +98,23 @@ class SegmentWidget(QWidget):
 
     def _connect_controls(self) -> None:
         c = self.controls
-        c.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        c.modality_combo.activated.connect(self._on_modality_changed)
-        c.window_combo.activated.connect(self._on_window_preset)
-        c.output_combo.currentIndexChanged.connect(self._on_output_changed)
-        c.label_spin.valueChanged.connect(self._on_label_id_changed)
-        c.polarity_btn.clicked.connect(self.toggle_polarity)
-        c.undo_btn.clicked.connect(self.undo)
-        c.reset_btn.clicked.connect(self.reset_object)
-        c.accept_btn.clicked.connect(self.accept_object)
-        c.clear_btn.clicked.connect(self.clear_labels)
-        c.open_btn.clicked.connect(self.open_volume)
-        c.save_btn.clicked.connect(self.save_labels)
+        for signal, slot in (
+            (c.image_combo.currentIndexChanged, self._on_image_changed),
+            (c.modality_combo.activated, self._on_modality_changed),
+            (c.window_combo.activated, self._on_window_preset),
+            (c.output_combo.currentIndexChanged, self._on_output_changed),
+            (c.label_spin.valueChanged, self._on_label_id_changed),
+            (c.polarity_btn.clicked, self.toggle_polarity),
+            (c.undo_btn.clicked, self.undo),
+            (c.reset_btn.clicked, self.reset_object),
+            (c.accept_btn.clicked, self.accept_object),
+            (c.clear_btn.clicked, self.clear_labels),
+            (c.open_btn.clicked, self.open_volume),
+            (c.save_btn.clicked, self.save_labels),
+        ):
+            signal.connect(slot)
 
-    # ------------------------------------------------------------------ settings and state
-    @property
-    def device(self) -> str:
-        return self.controls.device
-
-    @property
-    def tta(self) -> int:
-        """Mirrored views per click (the Session's ``tta``)."""
-        return self.controls.tta
-
-    @property
-    def edge_refine(self) -> str:
-        """The Session's ``edge_refine`` mode: "auto" (MR only), "on" or "off"."""
-        return self.controls.edge_refine
-
+    # ------------------------------------------------------------------ state
     @property
     def closed(self) -> bool:
         """True once the widget's worker has stopped (after ``close_worker``)."""
@@ -134,11 +123,6 @@ class SegmentWidget(QWidget):
     @property
     def busy_auto(self) -> bool:
         return self.clicks.busy_auto
-
-    @property
-    def writes(self) -> Any:
-        """What the current object wrote into the output layer (for undo / reset)."""
-        return self.clicks.writes
 
     def set_model(self, path: str | None) -> None:
         """Use the checkpoint at ``path`` (None: the embedded default) and load it on the worker."""
@@ -167,17 +151,9 @@ class SegmentWidget(QWidget):
         """The chosen image layer, or raise MSAMError with what to do."""
         return self.layers.image_layer()
 
-    def output_layer(self, create: bool = True) -> Any:
-        """The chosen output Labels layer (created to match the image when missing)."""
-        return self.layers.output_layer(create)
-
     def prompts_layer(self) -> Any:
         """The "M-SAM prompts" Points layer with the image's transform (made when missing)."""
         return self.points.prompts_layer()
-
-    def refresh_layers(self) -> None:
-        """Repopulate the layer choosers, keeping the current choices when they still exist."""
-        self.layers.refresh()
 
     def _on_layers_changed(self) -> None:
         if self.closed:
