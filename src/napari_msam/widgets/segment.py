@@ -159,7 +159,7 @@ class SegmentWidget(QWidget):
         if self.closed:
             return
         if self.prompts.forget_if_removed():
-            self.clicks.clicks = []
+            self.clicks.forget_clicks()
         self.layers.refresh()
 
     def _on_output_added(self, layer: Any) -> None:

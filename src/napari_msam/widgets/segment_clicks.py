@@ -149,6 +149,10 @@ class ClickFlow:
     def error(self, text: str) -> None:  # for ``friendly``
         self.status.error(text)
 
+    def forget_clicks(self) -> None:
+        """The prompts layer was deleted: its clicks go with it; what the object wrote stays."""
+        self.clicks = []
+
     def ensure_session(self) -> Any:
         image = self.layers.image_layer()
         return self.model.ensure(image, self.layers.image_array(image))

@@ -1,5 +1,5 @@
-"""The Train widget's controls: layout, texts and tooltips (the widget in ``train.py`` holds them as
-``controls`` and connects them).
+"""The Train widget's form: layout, texts, tooltips and the fields' own consistency (the widget in
+``train.py`` holds it as ``controls``, reads it and runs the training).
 
 Everything but Start / Cancel and the status line sits in a scroll area, so the dock fits a 1080-pixel
 screen beside the Segment widget.
@@ -48,7 +48,8 @@ def path_row(edit: QLineEdit, button: QPushButton) -> QWidget:
 
 
 class TrainControls(QWidget):
-    """The controls of the Train widget (no behaviour: :class:`TrainWidget` connects them)."""
+    """The form of the Train widget: its fields keep themselves consistent (a data folder or layers, a
+    checkpoint or from scratch) and fill from file dialogs; :class:`TrainWidget` reads them and runs."""
 
     def __init__(self) -> None:
         super().__init__()
