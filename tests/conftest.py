@@ -119,3 +119,42 @@ def sts_paths() -> tuple[Path, Path]:
 def make_sphere():
     """The :func:`sphere` helper, as a fixture (tests/ is not a package)."""
     return sphere
+
+
+@pytest.fixture
+def make_segment_widget(make_napari_viewer, qtbot, tiny_checkpoint):
+    """Factory for a viewer holding the blob volume (and its ground truth) with a docked Segment widget.
+
+    The widget runs the tiny checkpoint through ``session_factory`` (the ball stand-in unless given);
+    ``image`` replaces the blob (then no ground truth is added), ``image=False`` leaves the viewer empty.
+    Every widget made is closed afterwards, and its worker thread must be gone.
+    """
+    from msam_gui_helpers import BallSession, blob_volume
+    from napari_msam.widgets.segment import SegmentWidget
+
+    made = []
+
+    def factory(session_factory=BallSession, image=None, name="blob MR", scale=(2.0, 1.0, 1.0),
+                translate=(0, 0, 0), show=False, confirm_clear=True):
+        viewer = make_napari_viewer(show=show)
+        if image is not False:
+            img, gt = blob_volume() if image is None else (image, None)
+            viewer.add_image(img, name=name, scale=scale, translate=translate)
+            if gt is not None:
+                viewer.add_labels(gt, name=f"{name} ground truth", scale=scale, translate=translate)
+        w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=session_factory,
+                          confirm_clear=confirm_clear)
+        viewer.window.add_dock_widget(w)
+        made.append(w)
+        qtbot.waitUntil(lambda: w.worker.pending == 0 and not w.busy_auto, timeout=30000)
+        qtbot.wait(50)  # let the queued result signals run on the GUI thread
+        qtbot.waitUntil(lambda: not w.jobs._handlers, timeout=30000)
+        return viewer, w
+
+    BallSession.instances.clear()
+    BallSession.delay = 0.0
+    yield factory
+    BallSession.delay = 0.0
+    for w in made:
+        w.close_worker()
+        assert not w.worker.is_alive()

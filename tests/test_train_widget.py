@@ -19,17 +19,17 @@ def widget(make_napari_viewer, tmp_path):
     viewer.add_image(img, name="img", scale=sp)
     viewer.add_labels(lab, name="gt", scale=sp)
     w = TrainWidget(viewer)
-    w.source_combo.setCurrentText(SOURCE_LAYERS)
-    w.image_combo.setCurrentText("img")
-    w.labels_combo.setCurrentText("gt")
-    w.init_combo.setCurrentText(INIT_SCRATCH)  # a tiny model from scratch keeps the test fast
-    w.config_combo.setCurrentText("msam-tiny")
-    w.out_dir.setText(str(tmp_path / "run"))
-    w.epochs.setValue(1)
-    w.steps.setValue(3)
-    w.clicks.setValue(2)
-    w.batch.setValue(1)
-    w.device_combo.setCurrentText("cpu")
+    w.controls.source_combo.setCurrentText(SOURCE_LAYERS)
+    w.controls.image_combo.setCurrentText("img")
+    w.controls.labels_combo.setCurrentText("gt")
+    w.controls.init_combo.setCurrentText(INIT_SCRATCH)  # a tiny model from scratch keeps the test fast
+    w.controls.config_combo.setCurrentText("msam-tiny")
+    w.controls.out_dir.setText(str(tmp_path / "run"))
+    w.controls.epochs.setValue(1)
+    w.controls.steps.setValue(3)
+    w.controls.clicks.setValue(2)
+    w.controls.batch.setValue(1)
+    w.controls.device_combo.setCurrentText("cpu")
     yield w
     if w.trainer is not None:
         w.trainer.cancel()
@@ -39,27 +39,27 @@ def test_one_epoch_from_layers_shows_progress(widget, qtbot):
     cfg = widget.build_config()
     assert cfg.cases and cfg.cases[0].spacing == (2.0, 2.0, 2.0) and cfg.model_config == "msam-tiny"
     widget.start()
-    assert widget.running and not widget.start_btn.isEnabled() and widget.cancel_btn.isEnabled()
+    assert widget.running and not widget.controls.start_btn.isEnabled() and widget.controls.cancel_btn.isEnabled()
     qtbot.waitUntil(lambda: not widget.running, timeout=60000)
     assert widget.last_error is None, widget.last_error
     kinds = [e.kind for e in widget.events]
     assert kinds.count("step") == 3 and "epoch" in kinds and kinds[-1] == "done"
-    assert widget.progress.value() == 3 and widget.progress.maximum() == 3
-    xs, ys = widget.loss_plot.data("loss")
+    assert widget.controls.progress.value() == 3 and widget.controls.progress.maximum() == 3
+    xs, ys = widget.controls.loss_plot.data("loss")
     assert xs == [1, 2, 3] and all(y > 0 for y in ys)
     assert widget.result is not None and widget.result.last_path.is_file()
-    assert widget.checkpoint_path().name == "best.safetensors" and widget.use_btn.isEnabled()
+    assert widget.checkpoint_path().name == "best.safetensors" and widget.controls.use_btn.isEnabled()
 
     got = []
     widget.checkpoint_ready.connect(got.append)
     seg = widget.use_in_segment()
     assert got == [str(widget.checkpoint_path())]
-    assert seg is not None and seg.model_path.text() == got[0]
+    assert seg is not None and seg.controls.model_path.text() == got[0]
     assert widget._find_segment_widget() is seg  # found again next time, not duplicated
 
 
 def test_cancel_and_errors(widget, qtbot):
-    widget.steps.setValue(200)
+    widget.controls.steps.setValue(200)
     widget.start()
     qtbot.waitUntil(lambda: any(e.kind == "step" for e in widget.events), timeout=60000)
     widget.cancel()
@@ -70,29 +70,29 @@ def test_cancel_and_errors(widget, qtbot):
 
     load_checkpoint(widget.checkpoint_path())
 
-    widget.labels_combo.clear()
+    widget.controls.labels_combo.clear()
     widget.start()
-    assert not widget.running and "choose a 3-D image layer" in widget.status.text()
+    assert not widget.running and "choose a 3-D image layer" in widget.controls.status.text()
 
 
 def test_folder_source_passes_the_validation_protocol(widget, tmp_path):
     from napari_msam.widgets.train import SOURCE_FOLDER, SOURCE_LAYERS
 
-    widget.source_combo.setCurrentText(SOURCE_FOLDER)
-    widget.data_dir.setText(str(tmp_path))
-    widget.val_patients.setText("STS_003, STS_008")
-    assert widget.val_protocol.isEnabled()
-    widget.val_protocol.setCurrentText("session")
+    widget.controls.source_combo.setCurrentText(SOURCE_FOLDER)
+    widget.controls.data_dir.setText(str(tmp_path))
+    widget.controls.val_patients.setText("STS_003, STS_008")
+    assert widget.controls.val_protocol.isEnabled()
+    widget.controls.val_protocol.setCurrentText("session")
     cfg = widget.build_config()
     assert cfg.val_patients == ("STS_003", "STS_008") and cfg.val_protocol == "session"
-    widget.source_combo.setCurrentText(SOURCE_LAYERS)
-    assert not widget.val_protocol.isEnabled()  # one layer: nothing to validate on
+    widget.controls.source_combo.setCurrentText(SOURCE_LAYERS)
+    assert not widget.controls.val_protocol.isEnabled()  # one layer: nothing to validate on
 
 
 def test_start_cancel_and_use_buttons(widget, qtbot, make_napari_viewer):
     from msam_gui_helpers import press
 
-    widget.steps.setValue(200)
+    widget.controls.steps.setValue(200)
     press(qtbot, widget, "Start")
     assert widget.running
     qtbot.waitUntil(lambda: any(e.kind == "step" for e in widget.events), timeout=60000)
@@ -100,12 +100,12 @@ def test_start_cancel_and_use_buttons(widget, qtbot, make_napari_viewer):
     qtbot.waitUntil(lambda: not widget.running, timeout=60000)
     steps = [e for e in widget.events if e.kind == "step"]
     assert widget.result.cancelled and len(steps) <= 3  # stopped within a step of the press
-    text = widget.status.text()
+    text = widget.controls.status.text()
     assert text.startswith("cancelled") and "checkpoint kept" in text and str(widget.checkpoint_path()) in text
     widget.viewer.window.add_dock_widget(widget)
     press(qtbot, widget, "Use in Segment widget")
     seg = widget._find_segment_widget()
-    assert seg is not None and seg.model_path.text() == str(widget.checkpoint_path())
+    assert seg is not None and seg.controls.model_path.text() == str(widget.checkpoint_path())
     seg.close_worker()
 
 
@@ -114,13 +114,13 @@ def test_defaults_to_fine_tuning_the_embedded_model(widget):
     from napari_msam.widgets.train import INIT_DEFAULT, INIT_SCRATCH, TrainWidget
 
     fresh = TrainWidget(widget.viewer)
-    assert fresh.init_combo.currentText() == INIT_DEFAULT and not fresh.config_combo.isEnabled()
-    fresh.source_combo.setCurrentText(widget.source_combo.currentText())
-    fresh.image_combo.setCurrentText("img")
-    fresh.labels_combo.setCurrentText("gt")
+    assert fresh.controls.init_combo.currentText() == INIT_DEFAULT and not fresh.controls.config_combo.isEnabled()
+    fresh.controls.source_combo.setCurrentText(widget.controls.source_combo.currentText())
+    fresh.controls.image_combo.setCurrentText("img")
+    fresh.controls.labels_combo.setCurrentText("gt")
     assert fresh.build_config().init_checkpoint == str(default_checkpoint_path())
-    fresh.init_combo.setCurrentText(INIT_SCRATCH)
-    assert fresh.build_config().init_checkpoint is None and fresh.config_combo.isEnabled()
+    fresh.controls.init_combo.setCurrentText(INIT_SCRATCH)
+    assert fresh.build_config().init_checkpoint is None and fresh.controls.config_combo.isEnabled()
 
 
 class _FakeTrainer:
@@ -159,12 +159,12 @@ def test_untrained_model_is_flagged_on_hand_over(widget, qtbot, monkeypatch, tin
     widget.viewer.window.add_dock_widget(widget)
     press(qtbot, widget, "Start")
     qtbot.waitUntil(lambda: not widget.running, timeout=10000)
-    assert widget.status.text().startswith("done")
+    assert widget.controls.status.text().startswith("done")
     press(qtbot, widget, "Use in Segment widget")
-    assert "has not learned the task" in widget.status.text()
+    assert "has not learned the task" in widget.controls.status.text()
     seg = widget._find_segment_widget()
-    qtbot.waitUntil(lambda: "not learned" in seg.status.text(), timeout=30000)
-    assert "not learned" in seg.model_info.text()
+    qtbot.waitUntil(lambda: "not learned" in seg.controls.status.text(), timeout=30000)
+    assert "not learned" in seg.controls.model_info.text()
     seg.close_worker()
 
 
@@ -188,9 +188,9 @@ def test_trainer_errors_are_one_line_and_a_notification(widget, qtbot, monkeypat
     finally:
         _FakeTrainer.error = None
     assert widget.last_error == "runs/train is in use by another training run (pid 123)"
-    assert "training failed: runs/train is in use" in widget.status.text() and "Traceback" not in widget.status.text()
+    assert "training failed: runs/train is in use" in widget.controls.status.text() and "Traceback" not in widget.controls.status.text()
     assert any("in use by another training run" in s for s in shown)
-    assert widget.start_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+    assert widget.controls.start_btn.isEnabled() and not widget.controls.cancel_btn.isEnabled()
 
 
 def test_browse_buttons_fill_their_fields(widget, qtbot, monkeypatch, tmp_path, tiny_checkpoint):
@@ -200,15 +200,15 @@ def test_browse_buttons_fill_their_fields(widget, qtbot, monkeypatch, tmp_path, 
     from msam_gui_helpers import row_button
     from napari_msam.widgets.train import INIT_FILE, SOURCE_FOLDER
 
-    widget.source_combo.setCurrentText(SOURCE_FOLDER)
+    widget.controls.source_combo.setCurrentText(SOURCE_FOLDER)
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "data"))
     qtbot.mouseClick(row_button(widget, "Folder"), Qt.MouseButton.LeftButton)
-    assert widget.data_dir.text() == str(tmp_path / "data")
+    assert widget.controls.data_dir.text() == str(tmp_path / "data")
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "out"))
     qtbot.mouseClick(row_button(widget, "Output folder"), Qt.MouseButton.LeftButton)
-    assert widget.out_dir.text() == str(tmp_path / "out")
-    widget.init_combo.setCurrentText(INIT_FILE)
+    assert widget.controls.out_dir.text() == str(tmp_path / "out")
+    widget.controls.init_combo.setCurrentText(INIT_FILE)
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_checkpoint), ""))
-    qtbot.mouseClick(widget.init_browse, Qt.MouseButton.LeftButton)  # the row below "Start from"
-    assert widget.init_path.text() == str(tiny_checkpoint)
+    qtbot.mouseClick(widget.controls.init_browse, Qt.MouseButton.LeftButton)  # the row below "Start from"
+    assert widget.controls.init_path.text() == str(tiny_checkpoint)
     assert widget.build_config().init_checkpoint == str(tiny_checkpoint)

@@ -63,7 +63,7 @@ def test_auto_clicks_fill_table_plot_and_labels(auto_widget, qtbot, tmp_path):
     assert [c[0] for c in session.clicks] == [r.voxel for r in panel.rows]
     np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
     assert panel.rows[0].positive and gt[panel.rows[0].voxel] == 1  # the first click is inside the object
-    assert "done" in w.status.text() and "NoC@" in w.status.text()
+    assert "done" in w.controls.status.text() and "NoC@" in w.controls.status.text()
     # CSV export (atomic) reads back
     out = panel.export_csv(str(tmp_path / "dice.csv"))
     rows = list(csv.DictReader(open(out)))
@@ -85,7 +85,7 @@ def test_auto_click_cancel(auto_widget, qtbot):
     panel.cancel()
     _idle(qtbot, w)
     assert 1 <= len(panel.rows) < 30
-    assert "cancelled" in w.status.text()
+    assert "cancelled" in w.controls.status.text()
     assert panel.run_btn.isEnabled() and not panel.cancel_btn.isEnabled()
 
 
@@ -94,10 +94,10 @@ def test_auto_click_missing_or_wrong_ground_truth(auto_widget, qtbot):
     panel = w.auto_panel
     panel.gt_label.setValue(4)
     panel.run()
-    assert "label 4 is not in" in w.status.text() and not w.busy_auto
+    assert "label 4 is not in" in w.controls.status.text() and not w.busy_auto
     viewer.add_labels(np.zeros((5, 5, 5), np.uint8), name="small gt")
     panel.gt_combo.setCurrentText("small gt")
     panel.run()
-    assert "shape" in w.status.text() and not w.busy_auto
+    assert "shape" in w.controls.status.text() and not w.busy_auto
     with pytest.raises(Exception, match="nothing to export"):
         panel.export_csv("/tmp/never.csv")

@@ -8,7 +8,7 @@ import pytest
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from msam_gui_helpers import BallSession, blob_volume, click_canvas, click_voxel, press
-from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME, SegmentWidget
+from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME
 
 pytestmark = pytest.mark.gui
 SCALE = (2.0, 1.0, 1.0)
@@ -20,27 +20,11 @@ def _idle(qtbot, w, timeout=30000):
 
 
 @pytest.fixture
-def seg(make_napari_viewer, qtbot, tiny_checkpoint):
-    made = []
-
+def seg(make_segment_widget):
     def factory(session_factory=BallSession, image=True):
-        viewer = make_napari_viewer(show=True)
-        if image:
-            img, gt = blob_volume()
-            viewer.add_image(img, name="blob MR", scale=SCALE)
-            viewer.add_labels(gt, name="blob MR ground truth", scale=SCALE)
-        w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=session_factory)
-        viewer.window.add_dock_widget(w)
-        made.append(w)
-        _idle(qtbot, w)
-        return viewer, w
+        return make_segment_widget(session_factory, image=None if image else False, show=True)
 
-    BallSession.instances.clear()
-    BallSession.delay = 0.0
-    yield factory
-    BallSession.delay = 0.0
-    for w in made:
-        w.close_worker()
+    return factory
 
 
 def test_reset_while_a_click_computes_leaves_no_ghost(seg, qtbot):
@@ -52,7 +36,7 @@ def test_reset_while_a_click_computes_leaves_no_ghost(seg, qtbot):
     _idle(qtbot, w)
     assert not viewer.layers[OUTPUT_NAME].data.any()
     assert len(viewer.layers[PROMPTS_NAME].data) == 0
-    assert w.status.text() == "object reset"
+    assert w.controls.status.text() == "object reset"
 
 
 def test_accept_while_a_click_computes_accepts_it(seg, qtbot):
@@ -60,20 +44,20 @@ def test_accept_while_a_click_computes_accepts_it(seg, qtbot):
     BallSession.delay = 0.5
     click_voxel(qtbot, viewer, viewer.layers["blob MR"], (10, 20, 18))
     press(qtbot, w, "Accept")
-    assert "will be accepted" in w.status.text()
+    assert "will be accepted" in w.controls.status.text()
     _idle(qtbot, w)
     out = viewer.layers[OUTPUT_NAME].data
-    assert (out == 1).sum() > 0 and w.label_spin.value() == 2
-    assert "object 1 accepted" in w.status.text() and "queued" not in w.status.text()
+    assert (out == 1).sum() > 0 and w.controls.label_spin.value() == 2
+    assert "object 1 accepted" in w.controls.status.text() and "queued" not in w.controls.status.text()
     assert ("accept",) in BallSession.instances[-1].calls
 
 
 def test_model_box_leaves_loading_after_a_settings_change(seg, qtbot):
     viewer, w = seg(session_factory=None)
-    for change in (lambda: w.edge_combo.setCurrentText("off"), lambda: w.tta_spin.setValue(2)):
+    for change in (lambda: w.controls.edge_combo.setCurrentText("off"), lambda: w.controls.tta_spin.setValue(2)):
         change()
         _idle(qtbot, w)
-        assert "loading" not in w.model_info.text() and "msam-tiny" in w.model_info.text()
+        assert "loading" not in w.controls.model_info.text() and "msam-tiny" in w.controls.model_info.text()
 
 
 @pytest.mark.parametrize("data, why", [
@@ -88,8 +72,8 @@ def test_layers_that_cannot_be_segmented_are_explained(seg, qtbot, monkeypatch, 
     monkeypatch.setattr(notifications, "show_warning", shown.append)
     viewer, w = seg()
     viewer.add_image(data, name="odd", rgb=data.ndim == 3 and data.shape[-1] == 3)
-    w.image_combo.setCurrentText("odd")
-    assert "cannot segment" in w.status.text() and why in w.status.text()
+    w.controls.image_combo.setCurrentText("odd")
+    assert "cannot segment" in w.controls.status.text() and why in w.controls.status.text()
     assert any(why in s for s in shown)
 
 
@@ -98,17 +82,17 @@ def test_modality_guess_is_shown_and_can_be_changed(seg, qtbot):
     # a z-scored volume whose name has no modality word and is not CT-like: taken as MR, said to be a guess
     img = blob_volume()[0]
     viewer.add_image((img - img.mean()) / img.std(), name="BraTS_007", scale=SCALE)
-    w.image_combo.setCurrentText("BraTS_007")
-    assert w.modality_combo.currentText() == "MR" and "taken as MR" in w.modality_note.text()
-    w.modality_combo.setCurrentIndex(w.modality_combo.findText("other"))
-    w.modality_combo.activated.emit(w.modality_combo.currentIndex())
-    assert "by hand" in w.modality_note.text()
+    w.controls.image_combo.setCurrentText("BraTS_007")
+    assert w.controls.modality_combo.currentText() == "MR" and "taken as MR" in w.controls.modality_note.text()
+    w.controls.modality_combo.setCurrentIndex(w.controls.modality_combo.findText("other"))
+    w.controls.modality_combo.activated.emit(w.controls.modality_combo.currentIndex())
+    assert "by hand" in w.controls.modality_note.text()
     click_voxel(qtbot, viewer, viewer.layers["BraTS_007"], (10, 20, 18))
     _idle(qtbot, w)
     assert BallSession.instances[-1].calls[0][2] == "other"
     viewer.add_image(blob_volume()[0], name="patient 3 PET", scale=SCALE)  # the name says PET: not MR
-    w.image_combo.setCurrentText("patient 3 PET")
-    assert w.modality_combo.currentText() == "other" and "PET" in w.modality_note.text()
+    w.controls.image_combo.setCurrentText("patient 3 PET")
+    assert w.controls.modality_combo.currentText() == "other" and "PET" in w.controls.modality_note.text()
 
 
 def test_a_3d_click_lands_on_the_brightest_voxel_under_the_cursor(seg, qtbot):
@@ -143,10 +127,10 @@ def test_open_volume_and_save_labels(seg, qtbot, monkeypatch, tmp_path, sts_path
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (next(answers), ""))
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
     press(qtbot, w, "Open volume")
-    name = w.image_combo.currentText()
+    name = w.controls.image_combo.currentText()
     assert name and name in viewer.layers and f"{name} ground truth" in viewer.layers
     assert w.auto_panel.gt_combo.currentText() == f"{name} ground truth"
-    assert w.modality_combo.currentText() == "MR"
+    assert w.controls.modality_combo.currentText() == "MR"
     _idle(qtbot, w)
     click_voxel(qtbot, viewer, viewer.layers[name], tuple(int(v) for v in np.argwhere(
         viewer.layers[f"{name} ground truth"].data)[0]))
@@ -156,11 +140,11 @@ def test_open_volume_and_save_labels(seg, qtbot, monkeypatch, tmp_path, sts_path
     # the image file itself is refused
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(image_path), ""))
     press(qtbot, w, "Save labels")
-    assert "this is the input file" in w.status.text()
+    assert "this is the input file" in w.controls.status.text()
     target = tmp_path / "labels.nii.gz"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
     press(qtbot, w, "Save labels")
-    assert target.is_file() and "saved" in w.status.text()
+    assert target.is_file() and "saved" in w.controls.status.text()
     import nibabel as nib
 
     ref, saved = nib.load(str(image_path)), nib.load(str(target))
@@ -196,12 +180,12 @@ def test_both_docks_fit_a_1080_screen_and_colours_differ_from_ground_truth(seg, 
 
 def test_network_mask_shows_before_edge_refinement(seg, qtbot, monkeypatch):
     viewer, w = seg(session_factory=None)
-    assert w.edge_refine == "auto" and w.modality_combo.currentText() == "MR"
+    assert w.controls.edge_refine == "auto" and w.controls.modality_combo.currentText() == "MR"
     texts: list[str] = []
     show = w.show_message
     monkeypatch.setattr(w, "show_message", lambda text, level="info": (texts.append(text), show(text, level)))
     click_voxel(qtbot, viewer, viewer.layers["blob MR"], (10, 20, 18))
-    qtbot.waitUntil(lambda: "edges refined" in w.status.text(), timeout=60000)
+    qtbot.waitUntil(lambda: "edges refined" in w.controls.status.text(), timeout=60000)
     _idle(qtbot, w, 60000)
     session = w.worker.state.session
     shown = [t for t in texts if t.startswith("click 1:") and "computing" not in t]
@@ -240,8 +224,8 @@ def test_a_newer_click_supersedes_a_pending_refinement(seg, qtbot):
     image = viewer.layers["blob MR"]
     click_voxel(qtbot, viewer, image, (10, 20, 18))
     click_voxel(qtbot, viewer, image, (10, 26, 12))
-    qtbot.waitUntil(lambda: "edges refined" in w.status.text(), timeout=20000)
+    qtbot.waitUntil(lambda: "edges refined" in w.controls.status.text(), timeout=20000)
     _idle(qtbot, w)
     calls = [c for c in BallSession.instances[-1].calls if c[0] in ("click", "refine")]
     assert calls == [("click", (10, 20, 18), True), ("click", (10, 26, 12), True), ("refine", (10, 26, 12))]
-    assert w.status.text().startswith("click 2:")
+    assert w.controls.status.text().startswith("click 2:")

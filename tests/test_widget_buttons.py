@@ -3,16 +3,17 @@ real key events; clicks on the canvas at a voxel's screen position."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-from msam_gui_helpers import BallSession, blob_volume, click_voxel, find_button, press
-from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME, SegmentWidget
+from msam_gui_helpers import BallSession, click_voxel, find_button, press
+from napari_msam.widgets.segment import OUTPUT_NAME, PROMPTS_NAME
 
 pytestmark = pytest.mark.gui
-SCALE = (2.0, 1.0, 1.0)
 
 
 def _idle(qtbot, w, timeout=30000):
@@ -26,25 +27,8 @@ def _ball(shape, center, r=BallSession.radius):
 
 
 @pytest.fixture
-def seg(make_napari_viewer, qtbot, tiny_checkpoint):
-    made = []
-
-    def factory(session_factory=BallSession):
-        viewer = make_napari_viewer(show=True)
-        img, gt = blob_volume()
-        viewer.add_image(img, name="blob MR", scale=SCALE)
-        viewer.add_labels(gt, name="blob MR ground truth", scale=SCALE)
-        w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=session_factory)
-        viewer.window.add_dock_widget(w)
-        made.append(w)
-        _idle(qtbot, w)
-        return viewer, w
-
-    BallSession.instances.clear()
-    BallSession.delay = 0.0
-    yield factory
-    for w in made:
-        w.close_worker()
+def seg(make_segment_widget):
+    return functools.partial(make_segment_widget, show=True)
 
 
 def _clicks(session=None):
@@ -66,7 +50,7 @@ def test_canvas_clicks_twice_without_touching_the_layer_list(seg, qtbot):
     assert _clicks() == [(a, True), (b, True)]
     out = viewer.layers[OUTPUT_NAME].data
     np.testing.assert_array_equal(out == 1, _ball(out.shape, a) | _ball(out.shape, b))
-    assert "click 2:" in w.status.text()
+    assert "click 2:" in w.controls.status.text()
 
 
 def test_segment_buttons_pressed_with_the_mouse(seg, qtbot, monkeypatch):
@@ -86,16 +70,16 @@ def test_segment_buttons_pressed_with_the_mouse(seg, qtbot, monkeypatch):
     press(qtbot, w, "Undo")
     _idle(qtbot, w)
     np.testing.assert_array_equal(out.data == 1, _ball(shape, a))
-    assert len(viewer.layers[PROMPTS_NAME].data) == 1 and "undone" in w.status.text()
+    assert len(viewer.layers[PROMPTS_NAME].data) == 1 and "undone" in w.controls.status.text()
     press(qtbot, w, "Accept")
     _idle(qtbot, w)
-    assert w.label_spin.value() == 2 and "accepted" in w.status.text()
+    assert w.controls.label_spin.value() == 2 and "accepted" in w.controls.status.text()
     click_voxel(qtbot, viewer, image, c)
     _idle(qtbot, w)
     assert (out.data == 2).any()
     press(qtbot, w, "Reset")
     _idle(qtbot, w)
-    assert not (out.data == 2).any() and "reset" in w.status.text()
+    assert not (out.data == 2).any() and "reset" in w.controls.status.text()
     np.testing.assert_array_equal(out.data == 1, _ball(shape, a))
     # Clear labels…: "No" keeps them, "Yes" erases them
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
@@ -103,38 +87,38 @@ def test_segment_buttons_pressed_with_the_mouse(seg, qtbot, monkeypatch):
     assert (out.data == 1).any()
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
     press(qtbot, w, "Clear labels")
-    assert not out.data.any() and "cleared" in w.status.text()
-    assert "unexpected" not in w.status.text()
+    assert not out.data.any() and "cleared" in w.controls.status.text()
+    assert "unexpected" not in w.controls.status.text()
 
 
 def test_model_browse_button(seg, qtbot, monkeypatch, tiny_checkpoint):
     viewer, w = seg()
-    w.model_combo.setCurrentText("Checkpoint file…")
+    w.controls.model_combo.setCurrentText("Checkpoint file…")
     _idle(qtbot, w)
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_checkpoint), ""))
     press(qtbot, w, "…")
     _idle(qtbot, w)
-    assert w.model_path.text() == str(tiny_checkpoint) and "msam-tiny" in w.model_info.text()
+    assert w.controls.model_path.text() == str(tiny_checkpoint) and "msam-tiny" in w.controls.model_info.text()
 
 
 def test_auto_buttons_run_cancel_export(seg, qtbot, monkeypatch, tmp_path):
     viewer, w = seg()
-    w.tabs.setCurrentWidget(w.auto_panel)
+    w.controls.tabs.setCurrentWidget(w.auto_panel)
     w.auto_panel.n_clicks.setValue(3)
     press(qtbot, w, "Run auto 3-click")
     _idle(qtbot, w)
-    assert w.auto_panel.table.rowCount() == 3 and "done" in w.status.text()
+    assert w.auto_panel.table.rowCount() == 3 and "done" in w.controls.status.text()
     target = tmp_path / "dice.csv"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
     press(qtbot, w, "Export CSV")
-    assert target.read_text().count("\n") == 4 and "saved" in w.status.text()
+    assert target.read_text().count("\n") == 4 and "saved" in w.controls.status.text()
     BallSession.delay = 0.2
     w.auto_panel.n_clicks.setValue(30)
     press(qtbot, w, "Run auto 30-click")
     qtbot.waitUntil(lambda: w.auto_panel.table.rowCount() >= 1, timeout=10000)
     press(qtbot, w, "Cancel")
     _idle(qtbot, w)
-    assert "cancelled" in w.status.text() and w.auto_panel.table.rowCount() < 30
+    assert "cancelled" in w.controls.status.text() and w.auto_panel.table.rowCount() < 30
 
 
 def test_shortcut_keys_as_key_events(seg, qtbot):
@@ -151,11 +135,11 @@ def test_shortcut_keys_as_key_events(seg, qtbot):
     _idle(qtbot, w)
     np.testing.assert_array_equal(out.data == 1, _ball(out.data.shape, (5, 10, 10)))
     qtbot.keyClick(canvas, Qt.Key.Key_T)
-    assert "NEGATIVE" in w.polarity_btn.text()
+    assert "NEGATIVE" in w.controls.polarity_btn.text()
     qtbot.keyClick(canvas, Qt.Key.Key_T)
     qtbot.keyClick(canvas, Qt.Key.Key_N)
     _idle(qtbot, w)
-    assert w.label_spin.value() == 2
+    assert w.controls.label_spin.value() == 2
     click_voxel(qtbot, viewer, image, (10, 20, 18))
     _idle(qtbot, w)
     assert (out.data == 2).any()

@@ -24,11 +24,11 @@ def test_a_whole_session(make_napari_viewer, qtbot, monkeypatch, tiny_checkpoint
         qtbot.wait(50)
 
     # a person's own checkpoint, chosen through the file dialog
-    seg.model_combo.setCurrentText("Checkpoint file…")
+    seg.controls.model_combo.setCurrentText("Checkpoint file…")
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_checkpoint), ""))
     press(qtbot, seg, "…")
     idle()
-    assert "msam-tiny" in seg.model_info.text()
+    assert "msam-tiny" in seg.controls.model_info.text()
     image = viewer.layers["STS_024 MR"]
     gt = np.asarray(viewer.layers["STS_024 MR ground truth"].data) > 0
     inside = [tuple(int(v) for v in p) for p in np.argwhere(gt)[:: max(1, int(gt.sum()) // 3)][:3]]
@@ -40,7 +40,7 @@ def test_a_whole_session(make_napari_viewer, qtbot, monkeypatch, tiny_checkpoint
     assert (first == 1).any()
     click_voxel(qtbot, viewer, image, inside[1])  # the layer list untouched
     idle()
-    assert len(viewer.layers[PROMPTS_NAME].data) == 2 and "click 2:" in seg.status.text()
+    assert len(viewer.layers[PROMPTS_NAME].data) == 2 and "click 2:" in seg.controls.status.text()
     press(qtbot, seg, "Undo")
     idle()
     assert len(viewer.layers[PROMPTS_NAME].data) == 1
@@ -52,43 +52,43 @@ def test_a_whole_session(make_napari_viewer, qtbot, monkeypatch, tiny_checkpoint
     idle()
     press(qtbot, seg, "Accept")
     idle()
-    assert "object 1 accepted" in seg.status.text() and seg.label_spin.value() == 2
+    assert "object 1 accepted" in seg.controls.status.text() and seg.controls.label_spin.value() == 2
     click_voxel(qtbot, viewer, image, inside[2])
     idle()
-    assert (out.data == 2).any() or "voxels" in seg.status.text()
+    assert (out.data == 2).any() or "voxels" in seg.controls.status.text()
 
-    seg.tabs.setCurrentWidget(seg.auto_panel)
+    seg.controls.tabs.setCurrentWidget(seg.auto_panel)
     press(qtbot, seg, "Run auto 10-click")
     idle(120000)
     rows = seg.auto_panel.table.rowCount()
-    assert 1 <= rows <= 10 and "done" in seg.status.text()
+    assert 1 <= rows <= 10 and "done" in seg.controls.status.text()
     csv_path = tmp_path / "dice.csv"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(csv_path), ""))
     press(qtbot, seg, "Export CSV")
     assert len(csv_path.read_text().splitlines()) == rows + 1
 
     _, train = viewer.window.add_plugin_dock_widget("napari-msam", "Train (M-SAM)")
-    train.source_combo.setCurrentText("Viewer layers")
-    train.image_combo.setCurrentText("STS_024 MR")
-    train.labels_combo.setCurrentText("STS_024 MR ground truth")
-    train.init_combo.setCurrentText("From scratch (random weights)")
-    train.config_combo.setCurrentText("msam-tiny")
-    train.out_dir.setText(str(tmp_path / "run"))
-    for spin, value in ((train.epochs, 1), (train.steps, 2), (train.clicks, 2), (train.batch, 1)):
+    train.controls.source_combo.setCurrentText("Viewer layers")
+    train.controls.image_combo.setCurrentText("STS_024 MR")
+    train.controls.labels_combo.setCurrentText("STS_024 MR ground truth")
+    train.controls.init_combo.setCurrentText("From scratch (random weights)")
+    train.controls.config_combo.setCurrentText("msam-tiny")
+    train.controls.out_dir.setText(str(tmp_path / "run"))
+    for spin, value in ((train.controls.epochs, 1), (train.controls.steps, 2), (train.controls.clicks, 2), (train.controls.batch, 1)):
         spin.setValue(value)
-    train.device_combo.setCurrentText("cpu")
+    train.controls.device_combo.setCurrentText("cpu")
     press(qtbot, train, "Start")
     qtbot.waitUntil(lambda: not train.running, timeout=120000)
-    assert train.status.text().startswith("done") and train.checkpoint_path() is not None
-    train.out_dir.setText(str(tmp_path / "run2"))
-    train.steps.setValue(500)
+    assert train.controls.status.text().startswith("done") and train.checkpoint_path() is not None
+    train.controls.out_dir.setText(str(tmp_path / "run2"))
+    train.controls.steps.setValue(500)
     press(qtbot, train, "Start")
     qtbot.waitUntil(lambda: any(e.kind == "step" for e in train.events), timeout=120000)
     press(qtbot, train, "Cancel")
     qtbot.waitUntil(lambda: not train.running, timeout=120000)
-    assert train.status.text().startswith("cancelled") and "checkpoint kept" in train.status.text()
+    assert train.controls.status.text().startswith("cancelled") and "checkpoint kept" in train.controls.status.text()
     press(qtbot, train, "Use in Segment widget")
-    assert seg.model_path.text() == str(train.checkpoint_path())
+    assert seg.controls.model_path.text() == str(train.checkpoint_path())
     idle()
-    assert "msam-tiny" in seg.model_info.text()
+    assert "msam-tiny" in seg.controls.model_info.text()
     seg.close_worker()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from msam_gui_helpers import BallSession, blob_volume
+from msam_gui_helpers import BallSession
 from napari_msam.widgets.segment import (
     OUTPUT_NAME,
     PROMPTS_NAME,
@@ -21,32 +23,12 @@ SCALE = (2.0, 1.0, 1.0)
 def _idle(qtbot, w, timeout=30000):
     qtbot.waitUntil(lambda: w.worker.pending == 0, timeout=timeout)
     qtbot.wait(20)  # let the queued result signals run on the GUI thread
-    qtbot.waitUntil(lambda: not w._handlers, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.jobs._handlers, timeout=timeout)
 
 
 @pytest.fixture
-def make_widget(make_napari_viewer, qtbot, tiny_checkpoint):
-    made = []
-
-    def factory(session_factory=BallSession, image=None, name="blob MR", scale=SCALE, translate=(0, 0, 0)):
-        viewer = make_napari_viewer()
-        img, gt = blob_volume() if image is None else (image, None)
-        viewer.add_image(img, name=name, scale=scale, translate=translate)
-        if gt is not None:
-            viewer.add_labels(gt, name=f"{name} ground truth", scale=scale, translate=translate)
-        w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=session_factory,
-                          confirm_clear=False)
-        viewer.window.add_dock_widget(w)
-        made.append(w)
-        _idle(qtbot, w)
-        return viewer, w
-
-    BallSession.instances.clear()
-    BallSession.delay = 0.0
-    yield factory
-    for w in made:
-        w.close_worker()
-        assert not w.worker.is_alive()
+def make_widget(make_segment_widget):
+    return functools.partial(make_segment_widget, confirm_clear=False)
 
 
 def _click(w, voxel, positive=True):
@@ -60,7 +42,7 @@ def _ball(shape, center, r=BallSession.radius):
 
 def test_real_model_click_writes_labels(make_widget, qtbot):
     viewer, w = make_widget(session_factory=None)
-    assert "msam-tiny" in w.model_info.text()
+    assert "msam-tiny" in w.controls.model_info.text()
     prompts = viewer.layers[PROMPTS_NAME]
     # a user click: a point added to the prompts layer in its data coordinates (= image voxels here)
     prompts.add(np.array([10.0, 20.0, 18.0]))
@@ -71,12 +53,12 @@ def test_real_model_click_writes_labels(make_widget, qtbot):
     np.testing.assert_array_equal(out.data == 1, session.current_mask)
     assert out.data.shape == viewer.layers["blob MR"].data.shape
     np.testing.assert_allclose(out.scale, SCALE)
-    assert "click 1:" in w.status.text() and " s" in w.status.text()
+    assert "click 1:" in w.controls.status.text() and " s" in w.controls.status.text()
 
 
 def test_flip_views_setting_reaches_the_session(make_widget, qtbot):
     viewer, w = make_widget(session_factory=None)
-    w.tta_spin.setValue(3)
+    w.controls.tta_spin.setValue(3)
     _idle(qtbot, w, 60000)
     viewer.layers[PROMPTS_NAME].add(np.array([10.0, 20.0, 18.0]))
     _idle(qtbot, w, 60000)
@@ -84,7 +66,7 @@ def test_flip_views_setting_reaches_the_session(make_widget, qtbot):
     assert session.tta == 3 and len(session._windows[0].views) == 3
     assert session.clicks == [((10, 20, 18), True)]
     np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
-    w.tta_spin.setValue(1)  # a new session on the next setup, like a device change
+    w.controls.tta_spin.setValue(1)  # a new session on the next setup, like a device change
     _idle(qtbot, w, 60000)
     viewer.layers[PROMPTS_NAME].add(np.array([12.0, 20.0, 18.0]))
     _idle(qtbot, w, 60000)
@@ -93,13 +75,13 @@ def test_flip_views_setting_reaches_the_session(make_widget, qtbot):
 
 def test_edge_refinement_setting_reaches_the_session(make_widget, qtbot):
     viewer, w = make_widget(session_factory=None)
-    assert w.edge_refine == "auto" and w.modality_combo.currentText() == "MR"
+    assert w.controls.edge_refine == "auto" and w.controls.modality_combo.currentText() == "MR"
     viewer.layers[PROMPTS_NAME].add(np.array([10.0, 20.0, 18.0]))
     _idle(qtbot, w, 60000)
     session = w.worker.state.session
     assert session.edge_refine == "auto" and session.refining  # an MR image: refined by default
     np.testing.assert_array_equal(viewer.layers[OUTPUT_NAME].data == 1, session.current_mask)
-    w.edge_combo.setCurrentText("off")
+    w.controls.edge_combo.setCurrentText("off")
     _idle(qtbot, w, 60000)
     viewer.layers[PROMPTS_NAME].add(np.array([12.0, 20.0, 18.0]))
     _idle(qtbot, w, 60000)
@@ -156,7 +138,7 @@ def test_undo_reset_accept(make_widget, qtbot):
     assert len(viewer.layers[PROMPTS_NAME].data) == 1
     w.accept_object()
     _idle(qtbot, w)
-    assert w.label_spin.value() == 2 and len(viewer.layers[PROMPTS_NAME].data) == 0
+    assert w.controls.label_spin.value() == 2 and len(viewer.layers[PROMPTS_NAME].data) == 0
     _click(w, c)
     _idle(qtbot, w)
     ball_c = _ball(shape, c)
@@ -174,7 +156,7 @@ def test_changing_the_id_mid_object_relabels_it(make_widget, qtbot):
     _click(w, a)
     _idle(qtbot, w)
     out = viewer.layers[OUTPUT_NAME]
-    w.label_spin.setValue(9)
+    w.controls.label_spin.setValue(9)
     assert (out.data[_ball(out.data.shape, a)] == 9).all() and not (out.data == 1).any()
     _click(w, b)
     _idle(qtbot, w)
@@ -190,9 +172,9 @@ def test_existing_labels_survive_default_policy(make_widget, qtbot):
     existing = np.zeros(img.data.shape, np.uint16)
     existing[10, 18:23, 16:21] = 5
     viewer.add_labels(existing.copy(), name="my labels", scale=SCALE)
-    w.output_combo.setCurrentText("my labels")
-    assert w.label_spin.value() == 6  # the next free id
-    assert w.policy_combo.currentText() == "keep existing"
+    w.controls.output_combo.setCurrentText("my labels")
+    assert w.controls.label_spin.value() == 6  # the next free id
+    assert w.controls.policy_combo.currentText() == "keep existing"
     _click(w, (10, 20, 18))
     _idle(qtbot, w)
     out = viewer.layers["my labels"].data
@@ -200,7 +182,7 @@ def test_existing_labels_survive_default_policy(make_widget, qtbot):
     ball = _ball(out.shape, (10, 20, 18))
     assert (out[ball & (existing == 0)] == 6).all()
     # overwrite: the model wins; undoing the click restores the old label exactly
-    w.policy_combo.setCurrentText("overwrite")
+    w.controls.policy_combo.setCurrentText("overwrite")
     _click(w, (10, 21, 18))
     _idle(qtbot, w)
     assert (out[_ball(out.shape, (10, 21, 18))] == 6).all()
@@ -237,23 +219,23 @@ def test_polarity_toggle_and_shortcuts(make_widget, qtbot):
     keys = {str(k).lower() for k in prompts.keymap}
     assert {"t", "u", "r", "n"} <= keys
     prompts.keymap[next(k for k in prompts.keymap if str(k).lower() == "t")](prompts)
-    assert not w._positive and "NEGATIVE" in w.polarity_btn.text()
+    assert not w.points.positive and "NEGATIVE" in w.controls.polarity_btn.text()
     prompts.add(np.array([10.0, 20.0, 18.0]))
     _idle(qtbot, w)
     assert BallSession.instances[-1].calls[-1] == ("click", (10, 20, 18), False)
-    for btn, key in ((w.polarity_btn, "[T]"), (w.undo_btn, "[U]"), (w.reset_btn, "[R]"), (w.accept_btn, "[N]")):
+    for btn, key in ((w.controls.polarity_btn, "[T]"), (w.controls.undo_btn, "[U]"), (w.controls.reset_btn, "[R]"), (w.controls.accept_btn, "[N]")):
         assert key in btn.toolTip()
 
 
 def test_ct_window_presets_change_only_contrast(make_widget, qtbot):
     img = np.random.default_rng(0).integers(-1000, 1000, (12, 20, 20)).astype(np.float32)
     viewer, w = make_widget(image=img, name="patient CT")
-    assert w.modality_combo.currentText() == "CT"
+    assert w.controls.modality_combo.currentText() == "CT"
     before = viewer.layers["patient CT"].data.copy()
-    for i in range(w.window_combo.count()):
-        if w.window_combo.itemText(i).startswith("lung"):
-            w.window_combo.setCurrentIndex(i)
-            w.window_combo.activated.emit(i)
+    for i in range(w.controls.window_combo.count()):
+        if w.controls.window_combo.itemText(i).startswith("lung"):
+            w.controls.window_combo.setCurrentIndex(i)
+            w.controls.window_combo.activated.emit(i)
     assert tuple(viewer.layers["patient CT"].contrast_limits) == pytest.approx(window_to_limits(1500, -600))
     np.testing.assert_array_equal(viewer.layers["patient CT"].data, before)
     _click(w, (6, 10, 10))
@@ -265,22 +247,22 @@ def test_friendly_errors_not_exceptions(make_widget, qtbot):
     viewer, w = make_widget()
     prompts = viewer.layers[PROMPTS_NAME]
     prompts.add(np.array([100.0, 20.0, 18.0]))  # outside the volume
-    assert "outside" in w.status.text() and len(prompts.data) == 0
+    assert "outside" in w.controls.status.text() and len(prompts.data) == 0
     # wrong layer type / dimensionality
     viewer.add_image(np.zeros((30, 30), np.float32), name="flat")
-    w.image_combo.setCurrentText("flat")
+    w.controls.image_combo.setCurrentText("flat")
     w.auto_panel.run()
-    assert "3-D" in w.status.text() or "2-D" in w.status.text()
-    w.image_combo.setCurrentText("blob MR")
+    assert "3-D" in w.controls.status.text() or "2-D" in w.controls.status.text()
+    w.controls.image_combo.setCurrentText("blob MR")
     # no ground truth
     del viewer.layers["blob MR ground truth"]
     w.auto_panel.run()
-    assert "ground truth" in w.status.text()
+    assert "ground truth" in w.controls.status.text()
     # a missing checkpoint
-    w.model_path.setText("/nonexistent/model.safetensors")
-    w._on_model_changed()
+    w.controls.model_path.setText("/nonexistent/model.safetensors")
+    w.model.load()
     _idle(qtbot, w)
-    assert "not found" in w.model_info.text()
+    assert "not found" in w.controls.model_info.text()
 
 
 def test_no_image_at_all(make_napari_viewer, qtbot, tiny_checkpoint):
@@ -288,10 +270,10 @@ def test_no_image_at_all(make_napari_viewer, qtbot, tiny_checkpoint):
     w = SegmentWidget(viewer, model_path=str(tiny_checkpoint), session_factory=BallSession)
     try:
         w.auto_panel.run()
-        assert "no image" in w.status.text()
+        assert "no image" in w.controls.status.text()
         w.undo()
         w.accept_object()
-        assert w.status.text()
+        assert w.controls.status.text()
     finally:
         w.close_worker()
 
@@ -303,7 +285,7 @@ def test_plugin_menu_widget_and_no_thread_left_after_viewer_close(make_napari_vi
     viewer.open_sample("napari-msam", "sts024_mr")
     _, w = viewer.window.add_plugin_dock_widget("napari-msam", "Segment (M-SAM)")
     assert isinstance(w, SegmentWidget)
-    assert w.image_combo.currentText() == "STS_024 MR" and w.modality_combo.currentText() == "MR"
+    assert w.controls.image_combo.currentText() == "STS_024 MR" and w.controls.modality_combo.currentText() == "MR"
     assert w.auto_panel.gt_combo.currentText() == "STS_024 MR ground truth"
     w.set_model(str(tiny_checkpoint))
     qtbot.waitUntil(lambda: w.worker.pending == 0, timeout=30000)
@@ -334,8 +316,8 @@ def test_status_line_says_when_a_large_object_zoomed_out(make_widget, qtbot):
     viewer, w = make_widget(session_factory=_ZoomedBallSession)
     _click(w, (10, 20, 18))
     _idle(qtbot, w)
-    assert "click 1:" in w.status.text() and "zoomed out 2x" in w.status.text()
+    assert "click 1:" in w.controls.status.text() and "zoomed out 2x" in w.controls.status.text()
     viewer2, w2 = make_widget()
     _click(w2, (10, 20, 18))
     _idle(qtbot, w2)
-    assert "click 1:" in w2.status.text() and "zoomed" not in w2.status.text()
+    assert "click 1:" in w2.controls.status.text() and "zoomed" not in w2.controls.status.text()

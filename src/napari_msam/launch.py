@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     image_name = "STS_024 CT" if args.ct else "STS_024 MR"
     _focus_on_object(viewer, viewer.layers[f"{image_name} ground truth"])
     _, widget = viewer.window.add_plugin_dock_widget("napari-msam", "Segment (M-SAM)")
-    widget.image_combo.setCurrentText(image_name)
+    widget.controls.image_combo.setCurrentText(image_name)
     if args.device:
-        for i in range(widget.device_combo.count()):
-            if widget.device_combo.itemText(i).startswith(args.device):
-                widget.device_combo.setCurrentIndex(i)
+        for i in range(widget.controls.device_combo.count()):
+            if widget.controls.device_combo.itemText(i).startswith(args.device):
+                widget.controls.device_combo.setCurrentIndex(i)
     if args.model:
         widget.set_model(str(Path(args.model).expanduser()))
     viewer.reset_view()
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             if widget.worker.pending:
                 return
             if args.auto:
-                widget.tabs.setCurrentWidget(widget.auto_panel)
+                widget.controls.tabs.setCurrentWidget(widget.auto_panel)
                 widget.auto_panel.n_clicks.setValue(int(args.auto))
                 widget.auto_panel.strategy.setCurrentText(args.strategy)
                 widget.auto_panel.run()
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def shoot() -> None:
         out = save_window(viewer, args.screenshot)
-        print(f"screenshot saved: {out} ({out.stat().st_size // 1024} KB); status: {widget.status.text()}")
+        print(f"screenshot saved: {out} ({out.stat().st_size // 1024} KB); status: {widget.controls.status.text()}")
         widget.close_worker()
         viewer.close()
 

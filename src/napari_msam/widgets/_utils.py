@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject, QSize, Qt
-from qtpy.QtWidgets import QComboBox, QScrollArea, QWidget
+from qtpy.QtWidgets import QComboBox, QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import MSAMError
 
@@ -98,3 +98,18 @@ class VerticalScrollArea(QScrollArea):
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
         return QSize(self.minimumSizeHint().width(), min(self.widget().sizeHint().height() + 4, 800))
+
+
+def scrolled_body(widget: QWidget) -> tuple[QVBoxLayout, QVBoxLayout]:
+    """Lay ``widget`` out as a vertically scrolled body above a fixed bottom part.
+
+    Returns ``(outer, body)``: add the controls that may scroll to ``body`` and what must stay visible
+    (status line, Start / Cancel) to ``outer``, after the scroll area.
+    """
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    content = QWidget()
+    body = QVBoxLayout(content)
+    body.setContentsMargins(6, 6, 6, 6)
+    outer.addWidget(VerticalScrollArea(content), 1)
+    return outer, body

@@ -73,7 +73,7 @@ def unbind_viewer_keys(viewer: Any, keys: Sequence[str]) -> None:
 
 
 class Prompts:
-    """Owns the prompts Points layer of one viewer; the widget keeps the clicks and the polarity."""
+    """Owns the prompts Points layer of one viewer (the clicks and the polarity are kept in ``segment_clicks``)."""
 
     def __init__(self, viewer: Any, on_data: Callable[[Any], None],
                  bind_keys: Callable[[Any], None]) -> None:

@@ -4,37 +4,29 @@ A click travels: Points layer "M-SAM prompts" -> world coordinates -> voxel inde
 the 3-D view: the brightest voxel along the ray under the cursor) -> the single inference worker (owns
 the Session; FIFO, never reordered) -> ObjectUpdate (bbox + mask) -> written into the output Labels layer
 inside the bbox, respecting the overwrite policy. The model never runs on the GUI thread.
+
+The widget assembles its parts and connects them: the controls (:class:`SegmentControls`), the worker's
+result routing (:class:`JobRouter`), the layer choosers (:class:`LayerChoice`), the model and session
+(:class:`ModelChoice`), the prompts layer (:class:`ClickInput`), the object being drawn
+(:class:`ClickFlow`) and the Auto N-click tab (:class:`AutoClickPanel`).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QApplication, QMessageBox
+from qtpy.QtWidgets import QMessageBox, QVBoxLayout, QWidget
 
 from .. import modality as modality_rule
 from ..errors import MSAMError
 from ._utils import close_quietly, friendly
 from .auto_click import AutoClickPanel
-from .jobs import (
-    ObjectUpdate,
-    SessionSpec,
-    job_accept,
-    job_reset,
-    job_undo,
-)
-from .labels_policy import (
-    CT_PRESETS,
-    POLICIES,
-    ObjectWrites,
-    compose_labels,
-    next_free_id,
-    window_to_limits,
-)
+from .job_router import JobRouter
+from .jobs import ObjectUpdate
+from .labels_policy import CT_PRESETS, POLICIES, compose_labels, window_to_limits
 from .model_choice import ModelChoice
 from .prompts import (
     NEGATIVE_COLOR,
@@ -46,14 +38,10 @@ from .prompts import (
     bind_viewer_keys,
     unbind_viewer_keys,
 )
-from .segment_clicks import ClickFlow
+from .segment_clicks import ClickFlow, ClickInput
 from .segment_layers import LayerChoice
 from .segment_ui import DEFAULT_MODEL, FILE_MODEL, NEW_OUTPUT, OUTPUT_NAME, SegmentControls
 from .volume_io import open_volume_dialog, save_labels_dialog
-from .workers import InferenceWorker, JobResult
-
-log = logging.getLogger(__name__)
-
 
 __all__ = [
     "CT_PRESETS", "DEFAULT_MODEL", "FILE_MODEL", "NEGATIVE_COLOR", "NEW_OUTPUT", "OUTPUT_NAME", "POLICIES",
@@ -62,12 +50,12 @@ __all__ = [
 ]
 
 
-class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
+class SegmentWidget(QWidget):
     """Interactive M-SAM segmentation of the selected image layer into a Labels layer.
 
     ``model_path`` preselects a checkpoint instead of the embedded default; ``session_factory`` (tests)
-    replaces :class:`napari_msam.session.Session`. The controls come from :class:`SegmentControls`, the
-    layer lookups from :class:`LayerChoice`, the click loop from :class:`ClickFlow`.
+    replaces :class:`napari_msam.session.Session`. Its parts: ``controls``, ``jobs`` (and its ``worker``),
+    ``layers``, ``model``, ``prompts``, ``points``, ``clicks`` and ``auto_panel``.
     """
 
     def __init__(self, napari_viewer: Any, *, model_path: str | None = None,
@@ -76,90 +64,74 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
         # napari hands plugin widgets a PublicOnlyProxy whose attribute access returns fresh proxies, so
         # layer identity (``is``, ``id``) would change on every access; work on the real viewer.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
-        self._session_factory = session_factory
         self._confirm_clear = confirm_clear
-        self.worker = InferenceWorker()
-        self.worker.finished.connect(self._on_job_finished)
-        self.worker.progress.connect(self._on_job_progress)
-        self.worker.queue_changed.connect(self._on_queue_changed)
+        self.controls = SegmentControls()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.controls)
+        self.jobs = JobRouter(self.error, self.controls.show_queue, parent=self)
+        self.worker = self.jobs.worker
         # the worker must stop even when napari deletes the dock widget without a close event
         self.destroyed.connect(functools.partial(close_quietly, self.worker))
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(functools.partial(close_quietly, self.worker))
-        self._handlers: dict[int, Any] = {}          # job id -> GUI-thread callback(JobResult)
-        self._progress_handlers: dict[int, Any] = {}
-        self._submitted_spec: SessionSpec | None = None
-        self._image_cache: tuple[int, np.ndarray] | None = None
-        self._object_clicks: list[tuple[tuple[int, int, int], bool]] = []
-        self._generation = 0                         # bumped by Reset / Accept / a new image or model
-        self._object_jobs: set[int] = set()          # jobs of the current object still to report
-        self._refine_jobs: set[int] = set()          # pending edge refinements (a newer click drops them)
-        self._step_serial = 0                        # clicks / undos / replays submitted so far
-        self._accept_when_done = False
-        self.writes = ObjectWrites()                 # what the current object wrote, for undo/reset
-        self._positive = True
-        self._auto_job: int | None = None
-        self._closed = False
-        self._last_click_seconds: float | None = None
         self.prompts = Prompts(self.viewer, self._on_points_changed, self._bind_layer_keys)
-        self.model = ModelChoice(self)
         self.auto_panel = AutoClickPanel(self)
-        self.add_tab(self.auto_panel, "Auto N-click")
+        self.layers = LayerChoice(self.viewer, self.controls.image_combo, self.controls.output_combo,
+                                  on_changed=self._on_layers_changed, on_labels=self.auto_panel.refresh_layers,
+                                  on_output_added=self._on_output_added)
+        self.model = ModelChoice(self.controls, self.jobs, self, session_factory=session_factory,
+                                 before_rebuild=lambda: self.clicks.drop_tracking(clear_points=True))
+        self.points = ClickInput(self.viewer, self.controls, self.layers, self.prompts)
+        self.clicks = ClickFlow(self.viewer, self.controls, self.jobs, self.layers, self.model, self.points, self)
+        self.controls.add_tab(self.auto_panel, "Auto N-click")
         self._viewer_keys: list[str] = []
-        self._connect_signals()
+        self._connect_controls()
         if model_path:
-            self.model_combo.setCurrentText(FILE_MODEL)
-            self.model_path.setText(str(model_path))
-        self._connect_viewer()
-        self.refresh_layers()
-        self._bind_viewer_keys()
+            self.controls.model_combo.setCurrentText(FILE_MODEL)
+            self.controls.model_path.setText(str(model_path))
+        self.layers.watch()
+        self.layers.refresh()
+        self._viewer_keys.extend(bind_viewer_keys(self.viewer, self._key_actions()))
         if model_path:
             self.model.load()
         else:  # deferred, so a caller may still pick another model (set_model) without a wasted load
             QTimer.singleShot(0, self.model.initial_load)
 
-    def _connect_signals(self) -> None:
-        self._update_polarity_button()
-        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        self.modality_combo.activated.connect(self._on_modality_changed)
-        self.window_combo.activated.connect(self._on_window_preset)
-        self.output_combo.currentIndexChanged.connect(self._on_output_changed)
-        self.label_spin.valueChanged.connect(self._on_label_id_changed)
-        self.polarity_btn.clicked.connect(self.toggle_polarity)
-        self.undo_btn.clicked.connect(self.undo)
-        self.reset_btn.clicked.connect(self.reset_object)
-        self.accept_btn.clicked.connect(self.accept_object)
-        self.clear_btn.clicked.connect(self.clear_labels)
-        self.open_btn.clicked.connect(self.open_volume)
-        self.save_btn.clicked.connect(self.save_labels)
+    def _connect_controls(self) -> None:
+        c = self.controls
+        for signal, slot in (
+            (c.image_combo.currentIndexChanged, self._on_image_changed),
+            (c.modality_combo.activated, self._on_modality_changed),
+            (c.window_combo.activated, self._on_window_preset),
+            (c.output_combo.currentIndexChanged, self._on_output_changed),
+            (c.label_spin.valueChanged, self._on_label_id_changed),
+            (c.polarity_btn.clicked, self.toggle_polarity),
+            (c.undo_btn.clicked, self.undo),
+            (c.reset_btn.clicked, self.reset_object),
+            (c.accept_btn.clicked, self.accept_object),
+            (c.clear_btn.clicked, self.clear_labels),
+            (c.open_btn.clicked, self.open_volume),
+            (c.save_btn.clicked, self.save_labels),
+        ):
+            signal.connect(slot)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def closed(self) -> bool:
+        """True once the widget's worker has stopped (after ``close_worker``)."""
+        return self.jobs.closed
 
     @property
-    def device(self) -> str:
-        return self.device_combo.currentText().split(" ")[0]
-
-    @property
-    def tta(self) -> int:
-        """Mirrored views per click (the Session's ``tta``)."""
-        return int(self.tta_spin.value())
-
-    @property
-    def edge_refine(self) -> str:
-        """The Session's ``edge_refine`` mode: "auto" (MR only), "on" or "off"."""
-        return self.edge_combo.currentText().split(" ")[0]
+    def busy_auto(self) -> bool:
+        return self.clicks.busy_auto
 
     def set_model(self, path: str | None) -> None:
         """Use the checkpoint at ``path`` (None: the embedded default) and load it on the worker."""
         self.model.set(path)
 
-    def _on_model_changed(self, *_: Any) -> None:
-        self.model.load()
-
+    # ------------------------------------------------------------------ status sink
     def show_message(self, text: str, level: str = "info") -> None:
         """Status line + a napari notification for warnings/errors (never a traceback)."""
-        color = {"info": "", "warning": "#ffb74d", "error": "#ff6b6b"}.get(level, "")
-        self.status.setStyleSheet(f"color: {color}" if color else "")
-        self.status.setText(text)
+        self.controls.show_status(text, level)
         if level in ("warning", "error"):
             try:
                 from napari.utils.notifications import show_warning
@@ -171,6 +143,33 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
     def error(self, text: str) -> None:
         self.show_message(text, "error")
 
+    # ------------------------------------------------------------------ layers and keys
+    def image_name(self) -> str:
+        return self.layers.image_name()
+
+    def image_layer(self) -> Any:
+        """The chosen image layer, or raise MSAMError with what to do."""
+        return self.layers.image_layer()
+
+    def prompts_layer(self) -> Any:
+        """The "M-SAM prompts" Points layer with the image's transform (made when missing)."""
+        return self.points.prompts_layer()
+
+    def _on_layers_changed(self) -> None:
+        if self.closed:
+            return
+        if self.prompts.forget_if_removed():
+            self.clicks.forget_clicks()
+        self.layers.refresh()
+
+    def _on_output_added(self, layer: Any) -> None:
+        self._bind_layer_keys(layer)
+        # napari selects every new layer: give the selection back to the prompts, so the next click lands
+        self.points.ready()
+
+    def _on_points_changed(self, event: Any) -> None:
+        self.clicks.on_points_changed(event)
+
     def _key_actions(self) -> dict[str, Any]:
         return {"t": lambda *_: self.toggle_polarity(), "u": lambda *_: self.undo(),
                 "r": lambda *_: self.reset_object(), "n": lambda *_: self.accept_object()}
@@ -178,68 +177,49 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
     def _bind_layer_keys(self, layer: Any) -> None:
         bind_layer_keys(layer, self._key_actions())
 
-    def _bind_viewer_keys(self) -> None:
-        self._viewer_keys.extend(bind_viewer_keys(self.viewer, self._key_actions()))
-
-    @friendly
-    def toggle_polarity(self) -> None:
-        self.set_polarity(not self._positive)
-
-    @friendly
-    def set_polarity(self, positive: bool) -> None:
-        self._positive = bool(positive)
-        self._update_polarity_button()
-        self.prompts.apply_polarity(self._positive)
-
-    def _update_polarity_button(self) -> None:
-        self.polarity_btn.setChecked(not self._positive)
-        if self._positive:
-            self.polarity_btn.setText("Next click: POSITIVE (+, green)  [T]")
-            self.polarity_btn.setStyleSheet("QPushButton { color: #7CFC00; font-weight: bold; }")
-        else:
-            self.polarity_btn.setText("Next click: NEGATIVE (−, red)  [T]")
-            self.polarity_btn.setStyleSheet("QPushButton { color: #ff5555; font-weight: bold; }")
-
+    # ------------------------------------------------------------------ control handlers
     @friendly
     def _on_image_changed(self, *_: Any) -> None:
-        if self._closed:
+        c = self.controls
+        if self.closed:
             return
-        name = self.image_combo.currentText()
+        name = c.image_combo.currentText()
         if not name or name not in self.viewer.layers:
             return
-        self._drop_object_tracking(clear_points=True)
+        self.clicks.drop_tracking(clear_points=True)
         try:
-            layer = self.image_layer()
+            layer = self.layers.image_layer()
         except MSAMError as exc:  # say at once why this layer cannot be segmented
-            self.modality_note.setText("")
+            c.modality_note.setText("")
             self.show_message(f"cannot segment this layer: {exc}", "warning")
             return
         declared = (layer.metadata or {}).get("modality")
-        guess = modality_rule.guess(name, self._image_array(layer))
+        guess = modality_rule.guess(name, self.layers.image_array(layer))
         if declared in ("ct", "mr", "other") and declared != guess.modality:
             guess = modality_rule.guess(name, None, declared=declared)
-        self.modality_combo.setCurrentText({"ct": "CT", "mr": "MR"}.get(guess.modality, "other"))
-        self.modality_note.setText(f"<small>{guess.describe()}; change it if wrong</small>")
+        c.modality_combo.setCurrentText({"ct": "CT", "mr": "MR"}.get(guess.modality, "other"))
+        c.modality_note.setText(f"<small>{guess.describe()}; change it if wrong</small>")
         self._update_window_enabled()
         self.auto_panel.on_image_changed()
-        self._ready_prompts()
+        self.points.ready()
         self.show_message(f"ready: click inside the object in {name!r}")
 
     @friendly
     def _on_modality_changed(self, *_: Any) -> None:
-        self.modality_note.setText(f"<small>{self.modality_combo.currentText()} (set by hand)</small>")
+        self.controls.modality_note.setText(f"<small>{self.controls.modality_combo.currentText()} "
+                                            "(set by hand)</small>")
         self._update_window_enabled()
-        self._drop_object_tracking(clear_points=True)
+        self.clicks.drop_tracking(clear_points=True)
 
     def _update_window_enabled(self) -> None:
-        self.window_combo.setEnabled(self.modality_combo.currentText() == "CT")
+        self.controls.window_combo.setEnabled(self.controls.modality_combo.currentText() == "CT")
 
     @friendly
     def _on_window_preset(self, *_: Any) -> None:
-        name = self.window_combo.currentText()
+        name = self.controls.window_combo.currentText()
         if name not in CT_PRESETS:
             return
-        layer = self.image_layer()
+        layer = self.layers.image_layer()
         lo, hi = window_to_limits(*CT_PRESETS[name])
         rlo, rhi = layer.contrast_limits_range
         if lo < rlo or hi > rhi:
@@ -249,113 +229,59 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
 
     @friendly
     def _on_label_id_changed(self, value: int) -> None:
-        # the object being drawn takes the new id at once (not only where the next click writes)
-        if self.writes.active and self._layer_valid():
-            self.writes.relabel(int(value))
-            self.writes.layer.refresh()
+        self.clicks.relabel(int(value))
 
     @friendly
     def _on_output_changed(self, *_: Any) -> None:
-        if self.writes.active:
+        if self.clicks.writes.active:
             # the object stays where it was written; start a new one in the new layer
-            self._drop_object_tracking(clear_points=True)
-        name = self.output_combo.currentText()
+            self.clicks.drop_tracking(clear_points=True)
+        name = self.controls.output_combo.currentText()
         if name and name != NEW_OUTPUT and name in self.viewer.layers:
-            self._set_next_free_id(self.viewer.layers[name])
+            self.clicks.start_next_id(self.viewer.layers[name])
 
-    @property
-    def busy_auto(self) -> bool:
-        return self._auto_job is not None
-
+    # ------------------------------------------------------------------ the Auto tab's host (AutoHost)
     def start_fresh_object(self) -> None:
         """Put back what the current object changed and get everything ready for a new one."""
-        self.output_layer()
-        self.prompts_layer()
-        self._new_generation()
-        self._object_clicks = []
-        self._sync_points_from_clicks()
-        self._restore_object()
-        self._start_tracking()
-        self.ensure_session()
+        self.clicks.start_fresh_object()
 
     def run_auto(self, fn: Any, *args: Any, on_row: Any, on_done: Any) -> None:
-        def done(result: JobResult) -> None:
-            self._auto_job = None
-            on_done(result)
-
-        self._auto_job = self.submit("auto N-click", fn, *args, on_done=done, on_progress=on_row)
+        self.clicks.run_auto(fn, *args, on_row=on_row, on_done=on_done)
 
     def cancel_auto(self) -> bool:
-        if self._auto_job is None:
-            return False
-        self.worker.cancel(self._auto_job)
-        return True
+        return self.clicks.cancel_auto()
 
     def show_auto_click(self, voxel: tuple[int, int, int], positive: bool, bbox: Any, mask: Any) -> None:
-        self._object_clicks.append((voxel, positive))
-        self._sync_points_from_clicks()
-        if bbox is not None and mask is not None:
-            self.apply_update(ObjectUpdate(bbox, mask, {}))
+        self.clicks.show_auto_click(voxel, positive, bbox, mask)
+
+    # ------------------------------------------------------------------ actions (buttons, keys, scripts)
+    def add_click(self, voxel: tuple[int, int, int], positive: bool = True) -> None:
+        """Programmatic click (scripts, tests): adds the point to the prompts layer like a user would."""
+        self.points.add(voxel, positive)
+
+    @friendly
+    def toggle_polarity(self) -> None:
+        self.points.set_polarity(not self.points.positive)
+
+    @friendly
+    def set_polarity(self, positive: bool) -> None:
+        self.points.set_polarity(positive)
 
     @friendly
     def undo(self) -> None:
-        if self.busy_auto:
-            self.error("the automatic run is still going; cancel it first")
-            return
-        if not self._object_clicks:
-            self.show_message("nothing to undo")
-            return
-        self._object_clicks.pop()
-        self._sync_points_from_clicks()
-        self.supersede_refinement()
-        self._submit_object_job("undo", job_undo, on_done=self._on_undo_done)
+        self.clicks.undo()
 
     @friendly
     def reset_object(self) -> None:
-        if self.busy_auto:
-            self.worker.cancel(self._auto_job)
-        self._new_generation()
-        self._object_clicks = []
-        if self.prompts.layer is not None:
-            self._sync_points_from_clicks()
-        self._restore_object()
-        self.submit("reset", job_reset)
-        self.show_message("object reset")
+        self.clicks.reset()
 
     @friendly
     def accept_object(self) -> None:
-        if self.busy_auto:
-            self.error("the automatic run is still going; wait or cancel it first")
-            return
-        if self._object_jobs:  # the object is still being computed: accept it as soon as it is done
-            self._accept_when_done = True
-            self.show_message(f"object {self.label_spin.value()} will be accepted when its "
-                              f"{len(self._object_jobs)} pending step(s) are done")
-            return
-        if not self.writes.active or not self._layer_valid() or not (
-                self.writes.layer.data == self.label_spin.value()).any():
-            self.show_message("nothing to accept yet: click on the object first")
-            return
-        accepted = int(self.label_spin.value())
-        layer = self.writes.layer
-        self._new_generation()
-        self.writes.commit()
-        self._object_clicks = []
-        self._sync_points_from_clicks()
-        self.submit("accept", job_accept)
-        self._set_next_free_id(layer)
-        self.show_message(f"object {accepted} accepted; next label id {self.label_spin.value()}")
-
-    def _set_next_free_id(self, layer: Any) -> None:
-        self.label_spin.setValue(next_free_id(layer.data))
-        try:
-            layer.selected_label = self.label_spin.value()
-        except Exception:
-            pass
+        self.clicks.accept()
 
     @friendly
     def clear_labels(self) -> None:
-        layer = self.output_layer(create=False)
+        layer = self.layers.output_layer(create=False)
         if layer is None:
             self.show_message("no output layer to clear")
             return
@@ -366,10 +292,10 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
                 self.show_message("nothing cleared")
                 return
         self.reset_object()
-        self.writes.commit()
+        self.clicks.writes.commit()
         layer.data[...] = 0
         layer.refresh()
-        self.label_spin.setValue(1)
+        self.controls.label_spin.setValue(1)
         self.show_message(f"{layer.name!r} cleared")
 
     @friendly
@@ -377,24 +303,23 @@ class SegmentWidget(LayerChoice, ClickFlow, SegmentControls):
         """Open a volume file or DICOM folder (and optionally its ground truth) as layers."""
         name = open_volume_dialog(self, self.viewer)
         if name:
-            self.image_combo.setCurrentText(name)
-            self._ready_prompts()  # the ground truth, added last, took the selection
+            self.controls.image_combo.setCurrentText(name)
+            self.points.ready()  # the ground truth, added last, took the selection
             self.show_message(f"opened {name!r}: click inside the object")
 
     @friendly
     def save_labels(self) -> None:
         """Save the output labels beside the image, on its own grid."""
-        saved = save_labels_dialog(self, self.output_layer(create=False), self.image_layer())
+        saved = save_labels_dialog(self, self.layers.output_layer(create=False), self.layers.image_layer())
         if saved:
             self.show_message(f"saved {saved}")
 
     def close_worker(self, timeout: float = 30.0) -> None:
         """Stop the inference thread (idempotent); call before dropping the widget."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        self.worker.close(timeout)
-        self._disconnect_viewer()
+        self.jobs.close(timeout)
+        self.layers.unwatch()
         self.prompts.disconnect()
         unbind_viewer_keys(self.viewer, self._viewer_keys)
         self._viewer_keys = []

@@ -1,14 +1,17 @@
-"""Which layers the Segment widget works on: the image, the output Labels and the prompts Points layer.
+"""Which layers the Segment widget works on: the image and the output Labels layer.
 
-Why apart: the rules for what can be segmented (3-D, single channel, numbers) and for keeping the
-prompts layer selected in add mode are one concern, independent of the click loop.
+Why apart: the rules for what can be segmented (3-D, single channel, numbers), which Labels layer
+receives the objects and how the layer lists follow the viewer are one concern, independent of the click
+loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from qtpy.QtWidgets import QComboBox
 
 from ..errors import MSAMError
 from ._utils import fill_combo
@@ -17,32 +20,45 @@ from .volume_io import add_output_labels
 
 
 class LayerChoice:
-    """Mixin of :class:`~napari_msam.widgets.segment.SegmentWidget`: layer lists and layer lookups."""
+    """The image and output layer choosers and the lookups behind them.
 
-    def _connect_viewer(self) -> None:
+    ``on_changed()`` runs when the viewer's layers change (added, removed, moved, renamed);
+    ``on_labels(names)`` hears the Labels layers after each refresh; ``on_output_added(layer)`` runs
+    when an output layer had to be made.
+    """
+
+    def __init__(self, viewer: Any, image_combo: QComboBox, output_combo: QComboBox, *,
+                 on_changed: Callable[[], None], on_labels: Callable[[list[str]], None],
+                 on_output_added: Callable[[Any], None]) -> None:
+        self.viewer = viewer
+        self.image_combo = image_combo
+        self.output_combo = output_combo
+        self._on_changed = on_changed
+        self._on_labels = on_labels
+        self._on_output_added = on_output_added
+        self._image_cache: tuple[int, np.ndarray] | None = None
+
+    def _changed(self, event: Any = None) -> None:
+        self._on_changed()
+
+    def watch(self) -> None:
+        """Follow the viewer's layer list (``on_changed``)."""
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.moved):
-            e.connect(self._on_layers_changed)
+            e.connect(self._changed)
 
-    def _disconnect_viewer(self) -> None:
+    def unwatch(self) -> None:
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.moved):
             try:
-                e.disconnect(self._on_layers_changed)
+                e.disconnect(self._changed)
             except Exception:
                 pass
         for layer in self.viewer.layers:
             try:
-                layer.events.name.disconnect(self._on_layers_changed)
+                layer.events.name.disconnect(self._changed)
             except Exception:
                 pass
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        if self._closed:
-            return
-        if self.prompts.forget_if_removed():
-            self._object_clicks = []
-        self.refresh_layers()
 
     def _layers_of(self, kind: str) -> list[Any]:
         from napari.layers import Image, Labels
@@ -50,10 +66,10 @@ class LayerChoice:
         cls = {"image": Image, "labels": Labels}[kind]
         return [lay for lay in self.viewer.layers if isinstance(lay, cls)]
 
-    def refresh_layers(self) -> None:
+    def refresh(self) -> None:
         """Repopulate the layer choosers, keeping the current choices when they still exist."""
         for layer in self.viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
+            layer.events.name.connect(self._changed)
         images = [lay.name for lay in self._layers_of("image")]
         labels = [lay.name for lay in self._layers_of("labels")]
         fill_combo(self.image_combo, images, keep=True)
@@ -61,7 +77,7 @@ class LayerChoice:
                [n for n in labels if "ground truth" in n.lower() or "mask" in n.lower()]
         fill_combo(self.output_combo, [NEW_OUTPUT, *outs], keep=True,
                    prefer=OUTPUT_NAME if OUTPUT_NAME in labels else None)
-        self.auto_panel.refresh_layers(labels)
+        self._on_labels(labels)
 
     def image_name(self) -> str:
         return self.image_combo.currentText()
@@ -87,7 +103,8 @@ class LayerChoice:
                             + ("(this is a 2-D image)" if layer.ndim == 2 else "(choose one channel / time point)"))
         return layer
 
-    def _image_array(self, layer: Any) -> np.ndarray:
+    def image_array(self, layer: Any) -> np.ndarray:
+        """``layer``'s data as a numeric array (kept while the layer's data object stays the same)."""
         key = id(layer.data)
         if self._image_cache is None or self._image_cache[0] != key:
             arr = np.asarray(layer.data)
@@ -113,27 +130,7 @@ class LayerChoice:
         if not create:
             return None
         layer = add_output_labels(self.viewer, image, OUTPUT_NAME)
-        self._bind_layer_keys(layer)
-        self.refresh_layers()
+        self.refresh()
         self.output_combo.setCurrentText(layer.name)
-        # napari selects every new layer: give the selection back to the prompts, so the next click lands
-        self._ready_prompts()
+        self._on_output_added(layer)
         return layer
-
-    def prompts_layer(self) -> Any:
-        """The "M-SAM prompts" Points layer with the image's transform (made when missing)."""
-        return self.prompts.ensure(self.image_layer(), self._positive)
-
-    def _ready_prompts(self) -> None:
-        """Give the prompts layer the image's transform and make it active in add mode (ready to click)."""
-        try:
-            image = self.image_layer()
-            layer = self.prompts_layer()
-        except MSAMError:
-            return
-        self.prompts.match_transform(image)
-        self.viewer.layers.selection.active = layer
-        try:
-            layer.mode = "add"
-        except Exception:  # a mode napari does not know: the user picks it
-            pass

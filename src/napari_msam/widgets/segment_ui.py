@@ -1,7 +1,8 @@
-"""The Segment widget's controls: layout, texts and tooltips (the behaviour lives in ``segment.py``).
+"""The Segment widget's controls: layout, texts and tooltips, and the values they stand for.
 
-Why a class of its own: the controls are created and owned in one place, so the widget's behaviour code
-reads them as its own attributes instead of a builder function setting them from outside.
+Why a class of its own: the controls are created and owned in one place; the widget holds them as
+``controls`` and its collaborators read settings through the few properties here (``device``, ``tta``,
+``edge_refine``, ``modality``, ``label_id``, ``policy``) instead of parsing combo texts themselves.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from qtpy.QtWidgets import (
     QSizePolicy,
     QSpinBox,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..session import MAX_TTA
-from ._utils import VerticalScrollArea
+from ._utils import scrolled_body
 from .labels_policy import CT_PRESETS, POLICIES
 
 OUTPUT_NAME = "M-SAM labels"
@@ -56,22 +56,69 @@ class SegmentControls(QWidget):
 
     def __init__(self) -> None:
         super().__init__()
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        body = QWidget()
-        root = QVBoxLayout(body)
-        root.setContentsMargins(6, 6, 6, 6)
+        outer, root = scrolled_body(self)
         root.addWidget(self._image_group())
         root.addWidget(self._model_group())
         self.tabs = QTabWidget()
         self.tabs.addTab(self._interactive_tab(), "Interactive")
         root.addWidget(self.tabs)
         root.addStretch(1)
-        outer.addWidget(VerticalScrollArea(body), 1)
         outer.addLayout(self._status_row())
+        self.show_polarity(True)
 
     def add_tab(self, widget: QWidget, title: str) -> None:
         self.tabs.addTab(widget, title)
+
+    # ------------------------------------------------------------------ settings read by the collaborators
+    @property
+    def device(self) -> str:
+        """The torch device the model runs on ("cpu", "cuda")."""
+        return self.device_combo.currentText().split(" ")[0]
+
+    @property
+    def tta(self) -> int:
+        """Mirrored views per click (the Session's ``tta``)."""
+        return int(self.tta_spin.value())
+
+    @property
+    def edge_refine(self) -> str:
+        """The Session's ``edge_refine`` mode: "auto" (MR only), "on" or "off"."""
+        return self.edge_combo.currentText().split(" ")[0]
+
+    @property
+    def modality(self) -> str:
+        """"ct", "mr" or "other", as the Session takes it."""
+        return self.modality_combo.currentText().lower()
+
+    @property
+    def label_id(self) -> int:
+        return int(self.label_spin.value())
+
+    @property
+    def policy(self) -> str:
+        """How the object treats labels already in the output layer (a key of ``POLICIES``)."""
+        return self.policy_combo.currentText()
+
+    # ------------------------------------------------------------------ what the widget shows
+    def show_polarity(self, positive: bool) -> None:
+        self.polarity_btn.setChecked(not positive)
+        if positive:
+            self.polarity_btn.setText("Next click: POSITIVE (+, green)  [T]")
+            self.polarity_btn.setStyleSheet("QPushButton { color: #7CFC00; font-weight: bold; }")
+        else:
+            self.polarity_btn.setText("Next click: NEGATIVE (−, red)  [T]")
+            self.polarity_btn.setStyleSheet("QPushButton { color: #ff5555; font-weight: bold; }")
+
+    def show_status(self, text: str, level: str = "info") -> None:
+        color = {"info": "", "warning": "#ffb74d", "error": "#ff6b6b"}.get(level, "")
+        self.status.setStyleSheet(f"color: {color}" if color else "")
+        self.status.setText(text)
+
+    def show_queue(self, n: int) -> None:
+        """The busy bar: spinning while ``n`` steps are queued or running."""
+        self.busy.setRange(0, 0 if n else 1)
+        self.busy.setValue(0 if n else 1)
+        self.busy.setToolTip(f"{n} step(s) queued or running" if n else "idle")
 
     def _image_group(self) -> QGroupBox:
         inp = QGroupBox("Image and output")

@@ -10,7 +10,6 @@ it has not learned the task.
 
 from __future__ import annotations
 
-import html
 import logging
 import threading
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QFileDialog, QLineEdit, QWidget
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..errors import MSAMError
 from .train_ui import INIT_DEFAULT, INIT_FILE, INIT_SCRATCH, SOURCE_FOLDER, SOURCE_LAYERS, TrainControls
@@ -38,7 +37,7 @@ class _Bridge(QObject):
     ended = Signal(object, object)  # (TrainResult or None, error text or None)
 
 
-class TrainWidget(TrainControls):
+class TrainWidget(QWidget):
     """Dock widget around :class:`napari_msam.training.Trainer` (Start / Cancel, progress, live plots)."""
 
     #: emitted with the checkpoint path when "Use in Segment widget" is pressed
@@ -47,6 +46,10 @@ class TrainWidget(TrainControls):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.controls = c = TrainControls()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(c)
         self.trainer = None
         self.worker: threading.Thread | None = None
         self.result = None
@@ -56,35 +59,15 @@ class TrainWidget(TrainControls):
         self._bridge = _Bridge()
         self._bridge.event.connect(self._on_event)
         self._bridge.ended.connect(self._on_ended)
-        self.source_combo.currentTextChanged.connect(self._on_source_changed)
-        self.init_combo.currentTextChanged.connect(self._on_init_changed)
-        self.data_browse.clicked.connect(lambda *_: self._browse_dir(self.data_dir, "Training data folder"))
-        self.init_browse.clicked.connect(lambda *_: self._browse_init())
-        self.out_browse.clicked.connect(lambda *_: self._browse_dir(self.out_dir, "Output folder"))
-        self.start_btn.clicked.connect(lambda *_: self.start())
-        self.cancel_btn.clicked.connect(lambda *_: self.cancel())
-        self.use_btn.clicked.connect(lambda *_: self.use_in_segment())
+        c.start_btn.clicked.connect(lambda *_: self.start())
+        c.cancel_btn.clicked.connect(lambda *_: self.cancel())
+        c.use_btn.clicked.connect(lambda *_: self.use_in_segment())
         self.refresh_layers()
         try:
             self.viewer.layers.events.inserted.connect(self.refresh_layers)
             self.viewer.layers.events.removed.connect(self.refresh_layers)
         except AttributeError:  # a stand-in viewer without layer events
             pass
-        self._on_source_changed()
-        self._on_init_changed()
-
-    # ------------------------------------------------------------------ helpers
-    def _browse_dir(self, edit: QLineEdit, title: str) -> None:
-        path = QFileDialog.getExistingDirectory(self, title, edit.text() or "")
-        if path:
-            edit.setText(path)
-
-    def _browse_init(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint to fine-tune", "",
-                                              "Checkpoints (*.pth *.pt *.safetensors);;All files (*)")
-        if path:
-            self.init_path.setText(path)
-            self.init_combo.setCurrentText(INIT_FILE)
 
     def _layers(self, kind: str) -> list[Any]:
         out = []
@@ -96,34 +79,17 @@ class TrainWidget(TrainControls):
         return out
 
     def refresh_layers(self, *_: Any) -> None:
-        for combo, kind in ((self.image_combo, "image"), (self.labels_combo, "labels")):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems([layer.name for layer in self._layers(kind)])
-            if current:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
-
-    def _on_source_changed(self, *_: Any) -> None:
-        folder = self.source_combo.currentText() == SOURCE_FOLDER
-        self.data_row.setEnabled(folder)
-        for w in (self.image_combo, self.labels_combo, self.modality_combo):
-            w.setEnabled(not folder)
-        self.val_patients.setEnabled(folder)
-        self.val_protocol.setEnabled(folder)
-
-    def _on_init_changed(self, *_: Any) -> None:
-        choice = self.init_combo.currentText()
-        self.init_row.setVisible(choice == INIT_FILE)
-        self.config_combo.setEnabled(choice == INIT_SCRATCH)  # a fine-tuned model keeps its architecture
+        """Offer the viewer's 3-D Image and Labels layers as training data."""
+        self.controls.show_layers([lay.name for lay in self._layers("image")],
+                                  [lay.name for lay in self._layers("labels")])
 
     @property
     def running(self) -> bool:
         return self.worker is not None
 
     def _init_checkpoint(self) -> str | None:
-        choice = self.init_combo.currentText()
+        c = self.controls
+        choice = c.init_combo.currentText()
         if choice == INIT_SCRATCH:
             return None
         if choice == INIT_DEFAULT:
@@ -134,44 +100,45 @@ class TrainWidget(TrainControls):
                 raise MSAMError(f"the embedded default model {path} is missing; choose a checkpoint file "
                                 "or “from scratch”")
             return str(path)
-        text = self.init_path.text().strip()
+        text = c.init_path.text().strip()
         if not text:
             raise MSAMError("choose the checkpoint to fine-tune (or another “Start from”)")
         return text
 
     def build_config(self):
         """TrainConfig from the form (raises MSAMError with a readable message on bad input)."""
+        c = self.controls
         from napari_msam.training import TrainConfig, array_case
 
         cases = None
         data: list[str] = []
         val = None
-        if self.source_combo.currentText() == SOURCE_FOLDER:
-            text = self.data_dir.text().strip()
+        if c.source_combo.currentText() == SOURCE_FOLDER:
+            text = c.data_dir.text().strip()
             if not text:
                 raise MSAMError("choose a training data folder")
             data = [text]
-            vp = self.val_patients.text().replace(",", " ").split()
+            vp = c.val_patients.text().replace(",", " ").split()
             val = tuple(vp) if vp else None
         else:
-            iname, lname = self.image_combo.currentText(), self.labels_combo.currentText()
+            iname, lname = c.image_combo.currentText(), c.labels_combo.currentText()
             if not iname or not lname:
                 raise MSAMError("choose a 3-D image layer and a Labels layer")
             img_layer, lab_layer = self.viewer.layers[iname], self.viewer.layers[lname]
             img = np.asarray(img_layer.data)
             lab = np.asarray(lab_layer.data)
             spacing = tuple(float(s) for s in img_layer.scale[-3:])
-            cases = [array_case(img, lab, spacing, modality=self.modality_combo.currentText(), case_id=iname)]
-        out = self.out_dir.text().strip()
+            cases = [array_case(img, lab, spacing, modality=c.modality_combo.currentText(), case_id=iname)]
+        out = c.out_dir.text().strip()
         if not out:
             raise MSAMError("choose an output folder")
         return TrainConfig(
-            data=data, cases=cases, out_dir=out, model_config=self.config_combo.currentText(),
+            data=data, cases=cases, out_dir=out, model_config=c.config_combo.currentText(),
             init_checkpoint=self._init_checkpoint(),
-            label_id=self.label_id.value() or None, val_patients=val, epochs=self.epochs.value(),
-            steps_per_epoch=self.steps.value() or None, clicks=self.clicks.value(),
-            batch_size=self.batch.value(), lr=self.lr.value(), device=self.device_combo.currentText(),
-            resume=self.resume.isChecked(), val_protocol=self.val_protocol.currentText(),
+            label_id=c.label_id.value() or None, val_patients=val, epochs=c.epochs.value(),
+            steps_per_epoch=c.steps.value() or None, clicks=c.clicks.value(),
+            batch_size=c.batch.value(), lr=c.lr.value(), device=c.device_combo.currentText(),
+            resume=c.resume.isChecked(), val_protocol=c.val_protocol.currentText(),
         )
 
     # ------------------------------------------------------------------ run
@@ -179,6 +146,7 @@ class TrainWidget(TrainControls):
         """Start training in a thread (``config`` overrides the form, for scripts and tests)."""
         from napari_msam.training import Trainer
 
+        c = self.controls
         if self.running:
             return
         self.last_error = None
@@ -191,11 +159,11 @@ class TrainWidget(TrainControls):
         self.events = []
         self.result = None
         self.best_val_dice = None
-        self.loss_plot.clear()
-        self.dice_plot.clear()
-        self.start_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.use_btn.setEnabled(False)
+        c.loss_plot.clear()
+        c.dice_plot.clear()
+        c.start_btn.setEnabled(False)
+        c.cancel_btn.setEnabled(True)
+        c.use_btn.setEnabled(False)
         self._set_status("preparing data…")
         self.worker = threading.Thread(target=self._run, args=(self.trainer,), name="napari-msam-train",
                                        daemon=True)
@@ -221,11 +189,7 @@ class TrainWidget(TrainControls):
             self._set_status("cancelling after the current step: writing a checkpoint…")
 
     def _set_status(self, text: str, error: bool = False) -> None:
-        if error:
-            body = html.escape(text).replace("\n", "<br>")
-            self.status.setText(f"<span style='color:#ff6b6b'>{body}</span>")
-        else:
-            self.status.setText(text)
+        self.controls.show_status(text, error)
 
     def _notify(self, text: str) -> None:
         try:
@@ -242,35 +206,37 @@ class TrainWidget(TrainControls):
         self._notify(line)
 
     def _on_event(self, ev: Any) -> None:
+        c = self.controls
         self.events.append(ev)
         if ev.kind == "data":
             self._set_status(f"preparing data: {ev.step}/{ev.steps}")
         elif ev.kind == "start":
-            self.progress.setRange(0, max(1, ev.steps * ev.epochs))
-            self.progress.setValue(ev.global_step)
+            c.progress.setRange(0, max(1, ev.steps * ev.epochs))
+            c.progress.setValue(ev.global_step)
             self._set_status(ev.message)
         elif ev.kind == "step":
-            self.progress.setValue(min(ev.global_step, self.progress.maximum()))
-            self.loss_plot.add_point("loss", ev.global_step, ev.loss)
+            c.progress.setValue(min(ev.global_step, c.progress.maximum()))
+            c.loss_plot.add_point("loss", ev.global_step, ev.loss)
             self._set_status(f"epoch {ev.epoch}/{ev.epochs}  step {ev.step}/{ev.steps}  loss {ev.loss:.4f}")
         elif ev.kind == "epoch":
             text = f"epoch {ev.epoch}/{ev.epochs} done, train loss {ev.loss:.4f}"
             if ev.val_dice:
                 d = ev.val_dice
-                self.dice_plot.add_point("click 1", ev.epoch, d[0])
-                self.dice_plot.add_point("last click", ev.epoch, d[-1])
-                self.dice_plot.add_point("mean", ev.epoch, float(np.mean(d)))
+                c.dice_plot.add_point("click 1", ev.epoch, d[0])
+                c.dice_plot.add_point("last click", ev.epoch, d[-1])
+                c.dice_plot.add_point("mean", ev.epoch, float(np.mean(d)))
                 self.best_val_dice = max(self.best_val_dice or 0.0, float(np.mean(d)))
                 text += f", val Dice @1 {d[0]:.3f} @{len(d)} {d[-1]:.3f}"
             self._set_status(text)
-            self.use_btn.setEnabled(True)
+            c.use_btn.setEnabled(True)
 
     def _on_ended(self, result: Any, error: str | None) -> None:
+        c = self.controls
         self.worker = None
         self.result = result
-        self.start_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-        self.use_btn.setEnabled(self.checkpoint_path() is not None)
+        c.start_btn.setEnabled(True)
+        c.cancel_btn.setEnabled(False)
+        c.use_btn.setEnabled(self.checkpoint_path() is not None)
         if error is not None:
             self._fail(error)
             return
@@ -283,7 +249,8 @@ class TrainWidget(TrainControls):
             self._set_status(f"done: {steps} steps; checkpoint: {kept}")
 
     def checkpoint_path(self) -> Path | None:
-        out = Path(self.out_dir.text().strip() or ".")
+        c = self.controls
+        out = Path(c.out_dir.text().strip() or ".")
         if self.trainer is not None:
             out = self.trainer.out_dir
         for name in ("best.safetensors", "last.safetensors"):

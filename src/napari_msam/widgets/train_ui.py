@@ -1,4 +1,5 @@
-"""The Train widget's controls: layout, texts and tooltips (the behaviour lives in ``train.py``).
+"""The Train widget's form: layout, texts, tooltips and the fields' own consistency (the widget in
+``train.py`` holds it as ``controls``, reads it and runs the training).
 
 Everything but Start / Cancel and the status line sits in a scroll area, so the dock fits a 1080-pixel
 screen beside the Segment widget.
@@ -6,12 +7,14 @@ screen beside the Segment widget.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -25,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..model.config import CONFIGS
-from ._utils import VerticalScrollArea
+from ._utils import scrolled_body
 from .plots import MetricPlot
 
 SOURCE_FOLDER = "Data folder"
@@ -45,15 +48,12 @@ def path_row(edit: QLineEdit, button: QPushButton) -> QWidget:
 
 
 class TrainControls(QWidget):
-    """The controls of the Train widget (no behaviour: :class:`TrainWidget` connects them)."""
+    """The form of the Train widget: its fields keep themselves consistent (a data folder or layers, a
+    checkpoint or from scratch) and fill from file dialogs; :class:`TrainWidget` reads them and runs."""
 
     def __init__(self) -> None:
         super().__init__()
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        body = QWidget()
-        root = QVBoxLayout(body)
-        root.setContentsMargins(6, 6, 6, 6)
+        outer, root = scrolled_body(self)
         root.addWidget(self._data_group())
         root.addWidget(self._model_group())
         root.addWidget(self._options_group())
@@ -63,7 +63,6 @@ class TrainControls(QWidget):
         root.addWidget(self.loss_plot)
         root.addWidget(self.dice_plot)
         root.addStretch(1)
-        outer.addWidget(VerticalScrollArea(body), 1)
         bottom = QVBoxLayout()
         bottom.setContentsMargins(6, 0, 6, 6)
         row = QHBoxLayout()
@@ -84,6 +83,58 @@ class TrainControls(QWidget):
         self.use_btn.setToolTip("Load best.safetensors (else last.safetensors) into the Segment widget")
         bottom.addWidget(self.use_btn)
         outer.addLayout(bottom)
+        self.source_combo.currentTextChanged.connect(self._on_source_changed)
+        self.init_combo.currentTextChanged.connect(self._on_init_changed)
+        self.data_browse.clicked.connect(lambda *_: self._browse_dir(self.data_dir, "Training data folder"))
+        self.init_browse.clicked.connect(lambda *_: self._browse_init())
+        self.out_browse.clicked.connect(lambda *_: self._browse_dir(self.out_dir, "Output folder"))
+        self._on_source_changed()
+        self._on_init_changed()
+
+    # ------------------------------------------------------------------ the form's own behaviour
+    def _browse_dir(self, edit: QLineEdit, title: str) -> None:
+        path = QFileDialog.getExistingDirectory(self, title, edit.text() or "")
+        if path:
+            edit.setText(path)
+
+    def _browse_init(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint to fine-tune", "",
+                                              "Checkpoints (*.pth *.pt *.safetensors);;All files (*)")
+        if path:
+            self.init_path.setText(path)
+            self.init_combo.setCurrentText(INIT_FILE)
+
+    def _on_source_changed(self, *_: object) -> None:
+        folder = self.source_combo.currentText() == SOURCE_FOLDER
+        self.data_row.setEnabled(folder)
+        for w in (self.image_combo, self.labels_combo, self.modality_combo):
+            w.setEnabled(not folder)
+        self.val_patients.setEnabled(folder)
+        self.val_protocol.setEnabled(folder)
+
+    def _on_init_changed(self, *_: object) -> None:
+        choice = self.init_combo.currentText()
+        self.init_row.setVisible(choice == INIT_FILE)
+        self.config_combo.setEnabled(choice == INIT_SCRATCH)  # a fine-tuned model keeps its architecture
+
+    def show_layers(self, images: list[str], labels: list[str]) -> None:
+        """Offer these layer names, keeping the current choices when they are still there."""
+        for combo, names in ((self.image_combo, images), (self.labels_combo, labels)):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+    def show_status(self, text: str, error: bool = False) -> None:
+        """The status line; an error in red, its lines kept."""
+        if error:
+            body = html.escape(text).replace("\n", "<br>")
+            self.status.setText(f"<span style='color:#ff6b6b'>{body}</span>")
+        else:
+            self.status.setText(text)
 
     def _data_group(self) -> QGroupBox:
         data = QGroupBox("Data")
