@@ -95,13 +95,31 @@ def test_modality_guess_is_shown_and_can_be_changed(seg, qtbot):
     assert w.controls.modality_combo.currentText() == "other" and "PET" in w.controls.modality_note.text()
 
 
+def _wait_for_a_still_view(qtbot, viewer, canvas) -> None:
+    """Wait until the canvas size and the camera stop changing (the switch to 3-D resets the view and the
+    dock may still be resizing the canvas; a click computed from a moving view lands beside its voxel)."""
+    def view():
+        cam = viewer.camera
+        return canvas.width(), canvas.height(), round(cam.zoom, 6), tuple(np.round(cam.center, 6))
+
+    last = [None]
+
+    def still() -> bool:
+        now = view()
+        same, last[0] = now == last[0], now
+        return same
+
+    qtbot.wait(100)
+    qtbot.waitUntil(lambda: still() or qtbot.wait(100), timeout=5000)
+
+
 def test_a_3d_click_lands_on_the_brightest_voxel_under_the_cursor(seg, qtbot):
     viewer, w = seg()
     image = viewer.layers["blob MR"]
     viewer.dims.ndisplay = 3
     viewer.dims.set_point(0, 0.0)  # the slider plane lies outside the object
-    qtbot.wait(100)
     canvas = viewer.window._qt_viewer.canvas.native
+    _wait_for_a_still_view(qtbot, viewer, canvas)
     # the default 3-D camera looks down axis 0: screen x/y are the data's x/y around the camera centre
     cam = viewer.camera
     world = image.data_to_world((10, 20, 18))
