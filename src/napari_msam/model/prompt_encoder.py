@@ -103,10 +103,20 @@ class PromptEncoder3D(nn.Module):
 
     def embed_masks(self, masks: Tensor) -> Tensor:
         """(B, 1, L, L, L) raw logits -> (B, C, g, g, g)."""
+        return self.mask_projection(self.mask_features(masks))
+
+    def mask_features(self, masks: Tensor) -> Tensor:
+        """(B, 1, L, L, L) raw logits -> (B, mask_in_chans, g, g, g): the mask embedding before its last
+        (1x1, linear) layer, which the adapter's folded mask stream absorbs into its own weights."""
         lr = self.mask_input_size
         if masks.ndim != 5 or masks.shape[1] != 1 or tuple(masks.shape[2:]) != (lr, lr, lr):
             raise ValueError(f"mask logits must be (B, 1, {lr}, {lr}, {lr}), got {tuple(masks.shape)}")
-        return self.mask_downscaling(masks)
+        return self.mask_downscaling[:-1](masks)
+
+    @property
+    def mask_projection(self) -> nn.Conv3d:
+        """The last layer of ``mask_downscaling``: 1x1 Conv3d mask_in_chans -> embed_dim."""
+        return self.mask_downscaling[-1]
 
     def forward(self, points: Tensor, labels: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         return self.embed_points(points, labels), self.embed_masks(masks)
