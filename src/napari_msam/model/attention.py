@@ -59,8 +59,10 @@ class Attention(nn.Module):
         return self._split_qkv(self.qkv(x))
 
     def _split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # one copy into (3, B, heads, N, head_dim): the rel-pos products and the attention then read
+        # contiguous blocks instead of each copying the strided views
         b, n, _ = qkv.shape
-        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).contiguous()
         return qkv[0], qkv[1], qkv[2]
 
     def _merge(self, out: Tensor, shape: tuple[int, ...]) -> Tensor:

@@ -19,9 +19,18 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        # contiguous: the residual stream inherits this layout, and a channels-first one makes every
-        # LayerNorm and Linear of the blocks copy its input first
-        return self.proj(x).permute(0, 2, 3, 4, 1).contiguous()
+        """Stride = kernel, so the convolution is one matrix product of the flattened patches; it writes
+        the tokens contiguous channels-last, the layout the whole residual stream then keeps (a
+        channels-first stream makes every LayerNorm and Linear of the blocks copy its input first)."""
+        w = self.proj.weight
+        p = w.shape[-1]
+        b, c, d, h, wd = x.shape
+        if c != w.shape[1] or d % p or h % p or wd % p:
+            return self.proj(x).permute(0, 2, 3, 4, 1).contiguous()
+        g = (d // p, h // p, wd // p)
+        cols = x.reshape(b, c, g[0], p, g[1], p, g[2], p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        out = F.linear(cols.reshape(b * g[0] * g[1] * g[2], -1), w.flatten(1), self.proj.bias)
+        return out.reshape(b, *g, -1)
 
 
 class Block(nn.Module):
