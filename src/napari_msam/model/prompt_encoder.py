@@ -35,8 +35,8 @@ class PositionEmbeddingRandom3D(nn.Module):
         Grid voxel (i, j, k) is encoded from the coordinate ((j+.5)/n, (i+.5)/n, (k+.5)/n): the first two
         axes are swapped relative to points. Reference weights were trained with this, so it stays.
         """
-        device = self.positional_encoding_gaussian_matrix.device
-        ones = torch.ones((size, size, size), device=device, dtype=torch.float32)
+        gm = self.positional_encoding_gaussian_matrix
+        ones = torch.ones((size, size, size), device=gm.device, dtype=gm.dtype)
         first = (ones.cumsum(dim=0) - 0.5) / size
         second = (ones.cumsum(dim=1) - 0.5) / size
         third = (ones.cumsum(dim=2) - 0.5) / size
