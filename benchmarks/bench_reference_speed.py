@@ -7,8 +7,8 @@ A 128^3 MR-like volume at 1.5 mm (exactly one ROI of reference weights, RAS axis
 
 * **session**: ``Session(loaded)`` as a user runs it (fast folded window attention, prepared embedding,
   paste-back), ``set_image`` + encode + 3 clicks;
-* **reference**: what the reference code computes: the padded 14^3 window attention, the plain
-  ``refine`` (no prepared adapter cache) and ``upsample`` to 128^3 for each click.
+* **reference**: what the reference code computes: the padded 14^3 window attention and, for each click,
+  the unfolded adapter on the plain embedding (:func:`reference_refine`) and ``F.interpolate`` to 128^3.
 
 Runs alternate (session, reference, session, ...) so load changes hit both; each is timed by wall clock and
 by the CPU time of the calling thread (with ``--threads 1`` the whole cost, and the stable number on a
@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from napari_msam.model import REFERENCE_PREPROCESS, LoadedModel, attention_impl, zscore_positive  # noqa: E402
 from napari_msam.model.testing import golden_model  # noqa: E402
@@ -72,6 +73,16 @@ def run_session(loaded, array: np.ndarray, clicks) -> tuple[dict, np.ndarray]:
     return out, s.current_mask.copy()
 
 
+def reference_refine(model, e: torch.Tensor, point, label: int, low: torch.Tensor | None) -> torch.Tensor:
+    """The reference's click iteration, literally: prompt encoder, ``adapter(E, dense)`` as the decoder's
+    image source (no prepared cache, no folded mask stream), ``F.interpolate`` to the input size."""
+    pe, lr, s = model.prompt_encoder, model.config.low_res, model.config.img_size
+    prev = torch.zeros((1, 1, lr, lr, lr), device=DEVICE) if low is None else low
+    sparse, dense = pe(torch.tensor([[point]], device=DEVICE), torch.tensor([[label]], device=DEVICE), prev)
+    low, _ = model.mask_decoder(e, pe.get_dense_pe(), sparse, dense, False, model.adapter)
+    return low, F.interpolate(low, size=(s, s, s), mode="trilinear", align_corners=False)
+
+
 def run_reference(model, x_model: np.ndarray) -> tuple[dict, np.ndarray]:
     t = _clock()
     with torch.inference_mode(), attention_impl(model, "padded"):
@@ -79,8 +90,8 @@ def run_reference(model, x_model: np.ndarray) -> tuple[dict, np.ndarray]:
         e = model.encode(x)
         low = None
         for p, lab in MODEL_CLICKS:
-            low = model.refine(e, torch.tensor([[p]], device=DEVICE), torch.tensor([[lab]], device=DEVICE), low)
-            mask = (model.upsample(low) > 0).cpu()
+            low, up = reference_refine(model, e, p, lab, low)
+            mask = (up > 0).cpu()
     return _since(t), mask[0, 0].numpy()
 
 

@@ -7,6 +7,7 @@ Sizes come from the config (the reference hard-codes 384 channels and an 8^3 gri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -14,6 +15,8 @@ from torch import Tensor, nn
 
 from .attention import Attention
 from .common import LayerNorm3d, MLPBlock
+
+QkvFn = Callable[[Tensor], Tensor]
 
 
 def _cl(x: Tensor) -> Tensor:
@@ -39,9 +42,10 @@ class AttnUnit(Attention):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(dim, 4 * dim)
 
-    def forward(self, x: Tensor) -> Tensor:  # channels-last
-        y = self.norm2(self.attend(self.norm1(x)) + x)
-        return self.mlp(y)
+    def forward(self, x: Tensor, qkv: QkvFn | None = None) -> Tensor:  # channels-last
+        """``qkv`` (optional) maps x to ``self.qkv(self.norm1(x))`` by a cheaper exact route."""
+        h = self.attend(self.norm1(x)) if qkv is None else self.attend_projected(qkv(x), x.shape)
+        return self.mlp(self.norm2(h + x))
 
 
 class MFEB(nn.Module):
@@ -73,10 +77,15 @@ class MFEB(nn.Module):
     def forward_prepared(self, e: Tensor, eu: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """(E, Eu, P) channels-first -> (Oi, Op) channels-last."""
         pu = self._branch("prompt", p)
-        e_l, eu_l, p_l, pu_l = _cl(e), _cl(eu), _cl(p), _cl(pu)
+        return self.mix(_cl(e), _cl(eu), _cl(p), _cl(pu))
+
+    def mix(
+        self, e_l: Tensor, eu_l: Tensor, p_l: Tensor, pu_l: Tensor, image_qkv: QkvFn | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Steps 3-6 of both streams on channels-last inputs (E, Eu, P, Pu) -> (Oi, Op)."""
         qi = eu_l + e_l + p_l
         qp = e_l + pu_l + p_l
-        oi = _ln_last(self.image_addnorm2, self.image_multiheadattn(qi) + eu_l)
+        oi = _ln_last(self.image_addnorm2, self.image_multiheadattn(qi, image_qkv) + eu_l)
         oi = _ln_last(self.image_addnorm3, self.mlp1(oi) + oi)
         op = _ln_last(self.prompt_addnorm2, self.prompt_multiheadattn(qp) + pu_l)
         op = _ln_last(self.prompt_addnorm3, self.mlp2(op) + op)
@@ -122,10 +131,14 @@ class MaskEnhancedAdapter(nn.Module):
         else:
             eu = cache.eu
         e1, m1 = self.bidirectional_attentions[0].forward_prepared(e0, eu, m0)
-        s = e1 + _cl(e0) + m1 + _cl(m0)
+        return _cf(self.combine(_cl(e0), _cl(m0), e1, m1))
+
+    def combine(self, e0_l: Tensor, m0_l: Tensor, e1: Tensor, m1: Tensor) -> Tensor:
+        """Steps 3-6 of the MEA on channels-last tensors -> the output, channels-last."""
+        s = e1 + e0_l + m1 + m0_l
         a = self.multi_head_self_attention(s)
         o = _ln_last(self.add_norm, a + s)
-        return _cf(o + self.mlp(o))
+        return o + self.mlp(o)
 
     def forward(self, e: Tensor, m: Tensor) -> Tensor:
         return self.forward_prepared(self.prepare_image(e), m)

@@ -56,8 +56,13 @@ class Attention(nn.Module):
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, C) -> q, k, v each (B, heads, N, head_dim); layout [q; k; v] then heads."""
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self._split_qkv(self.qkv(x))
+
+    def _split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # one copy into (3, B, heads, N, head_dim): the rel-pos products and the attention then read
+        # contiguous blocks instead of each copying the strided views
+        b, n, _ = qkv.shape
+        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).contiguous()
         return qkv[0], qkv[1], qkv[2]
 
     def _merge(self, out: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -66,11 +71,17 @@ class Attention(nn.Module):
 
     def attend(self, x: Tensor, impl: str | None = None) -> Tensor:
         """Full attention (incl. proj) over a (B, K, K, K, C) cube with tables of side K."""
-        impl = _check_impl(impl or self.impl)
         b, d, h, w, c = x.shape
+        return self.attend_projected(self.qkv(x.reshape(b, d * h * w, c)), x.shape, impl)
+
+    def attend_projected(self, qkv: Tensor, shape: tuple[int, ...], impl: str | None = None) -> Tensor:
+        """:meth:`attend` from the qkv projection (B, K^3, 3C) of the cube, so a caller that can form the
+        projection more cheaply (the adapter's folded mask stream) skips the 3C x C product."""
+        impl = _check_impl(impl or self.impl)
+        b, d, h, w, _ = shape
         if not d == h == w:
             raise ValueError(f"attention expects a cube of tokens, got {(d, h, w)}")
-        q, k, v = self._qkv(x.reshape(b, d * h * w, c))
+        q, k, v = self._split_qkv(qkv.reshape(b, d * h * w, -1))
         bias = quirk_bias(q, self.rel_pos_d, self.rel_pos_h, self.rel_pos_w, d)
         if impl == "fast":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
@@ -78,7 +89,7 @@ class Attention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = (attn + bias).softmax(dim=-1)
             out = attn @ v
-        return self._merge(out, x.shape)
+        return self._merge(out, tuple(shape))
 
     def attend_folded(self, x: Tensor, window: int) -> Tensor:
         """Exact equivalent of zero-padding the (B, n, n, n, C) cube to one ``window``^3 window.
@@ -104,7 +115,6 @@ class Attention(nn.Module):
         qg = q.reshape(b, heads, n, n, n, hd)
         # alpha[i,j,l,o], beta[i,j,m,o], gamma[i,j,p,o] for o over the whole window side.
         alpha, beta, gamma = quirk_terms(qg, rd[:n], rh[:n], rw[:n])
-        real = combine_terms(alpha[..., :n], beta[..., :n], gamma[..., :n])
         # Padded query rows read q_b: beta for m >= n and gamma for p >= n.
         qb_h = torch.einsum("hc,joc->hjo", q_b, rh[:n])[None, :, None]  # (1, H, 1, j, o)
         log_bp = qb_h + math.log(s - n)
@@ -120,8 +130,14 @@ class Attention(nn.Module):
             ],
             dim=-1,
         )
-        lam = torch.logsumexp(alpha + log_t[:, :, :, :, None, :], dim=-1).reshape(b, heads, n**3, 1)
-        mask = torch.cat([real, lam], dim=-1).to(q.dtype)
+        lam = torch.logsumexp(alpha + log_t[:, :, :, :, None, :], dim=-1).reshape(b, heads, n**3)
+        terms = (alpha[..., :n], beta[..., :n], gamma[..., :n])
+        if torch.is_grad_enabled() and q.requires_grad:  # out= does not record autograd
+            mask = torch.cat([combine_terms(*terms), lam[..., None]], dim=-1)
+        else:  # [real keys | the folded key], filled in place: no copy of the largest tensor
+            mask = q.new_empty(b, heads, n**3, n**3 + 1)
+            combine_terms(*terms, out=mask[..., :-1])
+            mask[..., -1] = lam
         k_ext = torch.cat([k, k_b[None, :, None, :].expand(b, heads, 1, hd)], dim=2)
         v_ext = torch.cat([v, v_b[None, :, None, :].expand(b, heads, 1, hd)], dim=2)
         out = F.scaled_dot_product_attention(q, k_ext, v_ext, attn_mask=mask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import IMPLS, Attention, windowed_attention
@@ -18,7 +19,18 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).permute(0, 2, 3, 4, 1)
+        """Stride = kernel, so the convolution is one matrix product of the flattened patches; it writes
+        the tokens contiguous channels-last, the layout the whole residual stream then keeps (a
+        channels-first stream makes every LayerNorm and Linear of the blocks copy its input first)."""
+        w = self.proj.weight
+        p = w.shape[-1]
+        b, c, d, h, wd = x.shape
+        if c != w.shape[1] or d % p or h % p or wd % p:
+            return self.proj(x).permute(0, 2, 3, 4, 1).contiguous()
+        g = (d // p, h // p, wd // p)
+        cols = x.reshape(b, c, g[0], p, g[1], p, g[2], p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        out = F.linear(cols.reshape(b * g[0] * g[1] * g[2], -1), w.flatten(1), self.proj.bias)
+        return out.reshape(b, *g, -1)
 
 
 class Block(nn.Module):
@@ -92,4 +104,13 @@ class ImageEncoderViT3D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x, _ = self.forward_tokens(x)
-        return self.neck(x.permute(0, 4, 1, 2, 3))
+        return self.forward_neck(x)
+
+    def forward_neck(self, x: Tensor) -> Tensor:
+        """Channels-last tokens -> (B, out_chans, g, g, g). The 1x1 convolution and its LayerNorm run on the
+        tokens as they are (a Linear and ``layer_norm``), so only the out_chans-wide result is re-laid out
+        for the 3x3x3 convolution, not the wider token stream."""
+        conv1, norm1, conv3, norm2 = self.neck
+        y = F.linear(x, conv1.weight.flatten(1), conv1.bias)
+        y = F.layer_norm(y, (y.shape[-1],), norm1.weight, norm1.bias, norm1.eps)
+        return norm2(conv3(y.permute(0, 4, 1, 2, 3).contiguous()))

@@ -88,10 +88,10 @@ class MaskDecoder3D(nn.Module):
         b, n, c = keys.shape
         c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
         w1 = up1.weight.reshape(c, c1, 8).transpose(1, 2).reshape(c, 8 * c1)  # columns: (block voxel, channel)
-        y = (keys.reshape(b * n, c) @ w1).reshape(b * n * 8, c1) + up1.bias
+        y = torch.addmm(up1.bias.repeat(8), keys.reshape(b * n, c), w1).reshape(b * n * 8, c1)
         y = F.gelu(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
         w2 = up2.weight.reshape(c1, c2, 8).transpose(1, 2).reshape(c1, 8 * c2)
-        y = F.gelu((y @ w2).reshape(b * n * 64, c2) + up2.bias)
+        y = F.gelu(torch.addmm(up2.bias.repeat(8), y, w2).reshape(b * n * 64, c2))
         m = hyper.shape[1]
         out = torch.bmm(y.reshape(b, n * 64, c2), hyper.transpose(1, 2))  # (B, tokens * 8 * 8, M)
         # rows are (d, h, w, i1, j1, k1, i2, j2, k2): voxel (4d + 2 i1 + i2, 4h + 2 j1 + j2, 4w + 2 k1 + k2)

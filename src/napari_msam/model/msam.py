@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapter import AdapterImageCache, MaskEnhancedAdapter
+from .adapter_fold import MaskFold, fold_mask_stream, forward_folded
 from .config import MSAMConfig
 from .image_encoder import ImageEncoderViT3D
 from .lora import apply_lora
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
+from .upsample import upsample_trilinear
 
 
 @dataclass
@@ -23,12 +24,14 @@ class PreparedEmbedding:
     embedding: Tensor
     dense_pe: Tensor
     adapter_cache: AdapterImageCache | None
+    mask_fold: MaskFold | None = None
 
     def to(self, device: torch.device | str) -> PreparedEmbedding:
         cache = self.adapter_cache
         if cache is not None:
             cache = AdapterImageCache(e0=cache.e0.to(device), eu=cache.eu.to(device))
-        return PreparedEmbedding(self.embedding.to(device), self.dense_pe.to(device), cache)
+        fold = self.mask_fold.to(device) if self.mask_fold is not None else None
+        return PreparedEmbedding(self.embedding.to(device), self.dense_pe.to(device), cache, fold)
 
 
 class MSAM(nn.Module):
@@ -70,12 +73,16 @@ class MSAM(nn.Module):
         return self.image_encoder(image)
 
     def prepare(self, embedding: Tensor) -> PreparedEmbedding:
-        """Cache the dense PE and the adapter's image-only branch for repeated :meth:`refine` calls."""
+        """Cache the dense PE, the adapter's image-only branch and its folded mask stream
+        (:mod:`.adapter_fold`) for repeated :meth:`refine` calls."""
         if isinstance(embedding, PreparedEmbedding):
             return embedding
         self._check_embedding(embedding)
-        cache = self.adapter.prepare_image(embedding) if self.adapter is not None else None
-        return PreparedEmbedding(embedding, self.prompt_encoder.get_dense_pe(), cache)
+        cache = fold = None
+        if self.adapter is not None:
+            cache = self.adapter.prepare_image(embedding)
+            fold = fold_mask_stream(self.adapter, self.prompt_encoder.mask_projection, cache)
+        return PreparedEmbedding(embedding, self.prompt_encoder.get_dense_pe(), cache, fold)
 
     def _check_embedding(self, e: Tensor) -> None:
         c, g = self.config.out_chans, self.config.grid
@@ -104,25 +111,27 @@ class MSAM(nn.Module):
         lr = self.config.low_res
         if mask_logits is None:
             mask_logits = torch.zeros((b, 1, lr, lr, lr), dtype=e.dtype, device=e.device)
-        sparse, dense = self.prompt_encoder(points.to(e.device), labels.to(e.device), mask_logits.to(e.dtype))
-        dense_pe = prepared.dense_pe if prepared is not None else self.prompt_encoder.get_dense_pe()
+        pe = self.prompt_encoder
+        sparse = pe.embed_points(points.to(e.device), labels.to(e.device))
+        mask_logits = mask_logits.to(e.dtype)
         adapter_fn = None
         if self.adapter is not None:
-            if prepared is not None and prepared.adapter_cache is not None:
-                cache = prepared.adapter_cache
-                adapter = self.adapter
+            # one path for prepared and plain embeddings (bit-identical): the folded mask stream
+            prepared = self.prepare(e) if prepared is None or prepared.mask_fold is None else prepared
+            fold, adapter = prepared.mask_fold, self.adapter
+            dense = pe.mask_features(mask_logits)  # the adapter absorbs the 1x1 projection
 
-                def adapter_fn(_e: Tensor, m: Tensor) -> Tensor:
-                    return adapter.forward_prepared(cache, m)
-            else:
-                adapter_fn = self.adapter
+            def adapter_fn(_e: Tensor, feats: Tensor) -> Tensor:
+                return forward_folded(adapter, fold, feats)
+        else:
+            dense = pe.embed_masks(mask_logits)
+        dense_pe = prepared.dense_pe if prepared is not None else pe.get_dense_pe()
         low, iou = self.mask_decoder(e, dense_pe.to(e.dtype), sparse.to(e.dtype), dense, False, adapter_fn)
         return (low, iou) if return_iou else low
 
     def upsample(self, low_res: Tensor) -> Tensor:
         """Trilinear (align_corners=False) from L^3 to the model input side S^3; still logits."""
-        s = self.config.img_size
-        return F.interpolate(low_res, size=(s, s, s), mode="trilinear", align_corners=False)
+        return upsample_trilinear(low_res, self.config.img_size)
 
     def forward(
         self, image: Tensor, points: Tensor, labels: Tensor, mask_logits: Tensor | None = None

@@ -35,8 +35,8 @@ class PositionEmbeddingRandom3D(nn.Module):
         Grid voxel (i, j, k) is encoded from the coordinate ((j+.5)/n, (i+.5)/n, (k+.5)/n): the first two
         axes are swapped relative to points. Reference weights were trained with this, so it stays.
         """
-        device = self.positional_encoding_gaussian_matrix.device
-        ones = torch.ones((size, size, size), device=device, dtype=torch.float32)
+        gm = self.positional_encoding_gaussian_matrix
+        ones = torch.ones((size, size, size), device=gm.device, dtype=gm.dtype)
         first = (ones.cumsum(dim=0) - 0.5) / size
         second = (ones.cumsum(dim=1) - 0.5) / size
         third = (ones.cumsum(dim=2) - 0.5) / size
@@ -103,10 +103,20 @@ class PromptEncoder3D(nn.Module):
 
     def embed_masks(self, masks: Tensor) -> Tensor:
         """(B, 1, L, L, L) raw logits -> (B, C, g, g, g)."""
+        return self.mask_projection(self.mask_features(masks))
+
+    def mask_features(self, masks: Tensor) -> Tensor:
+        """(B, 1, L, L, L) raw logits -> (B, mask_in_chans, g, g, g): the mask embedding before its last
+        (1x1, linear) layer, which the adapter's folded mask stream absorbs into its own weights."""
         lr = self.mask_input_size
         if masks.ndim != 5 or masks.shape[1] != 1 or tuple(masks.shape[2:]) != (lr, lr, lr):
             raise ValueError(f"mask logits must be (B, 1, {lr}, {lr}, {lr}), got {tuple(masks.shape)}")
-        return self.mask_downscaling(masks)
+        return self.mask_downscaling[:-1](masks)
+
+    @property
+    def mask_projection(self) -> nn.Conv3d:
+        """The last layer of ``mask_downscaling``: 1x1 Conv3d mask_in_chans -> embed_dim."""
+        return self.mask_downscaling[-1]
 
     def forward(self, points: Tensor, labels: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         return self.embed_points(points, labels), self.embed_masks(masks)

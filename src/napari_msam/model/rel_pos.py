@@ -43,14 +43,21 @@ def quirk_terms(q: Tensor, rd: Tensor, rh: Tensor, rw: Tensor) -> tuple[Tensor, 
     return alpha, beta, gamma
 
 
-def combine_terms(alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
-    """bias[..., i,j,l, m,n,o] = alpha[i,j,l,o] + beta[i,j,m,o] + gamma[i,j,n,o] as (..., IJL, MNO)."""
+def combine_terms(alpha: Tensor, beta: Tensor, gamma: Tensor, out: Tensor | None = None) -> Tensor:
+    """bias[..., i,j,l, m,n,o] = alpha[i,j,l,o] + beta[i,j,m,o] + gamma[i,j,n,o] as (..., IJL, MNO).
+
+    ``out`` (optional) is written in place: any (..., IJL, MNO) view, e.g. the leading columns of a wider
+    mask, which spares the caller a copy of this largest tensor of the attention.
+    """
     i, j, w, o = alpha.shape[-4:]
     m, n = beta.shape[-2], gamma.shape[-2]
     lead = alpha.shape[:-4]
     bg = beta[..., :, None, :] + gamma[..., None, :, :]  # (..., i, j, m, n, o): small
-    bias = alpha[..., :, None, :] + bg.reshape(*lead, i, j, 1, m * n, o)  # (..., i, j, l, m*n, o)
-    return bias.reshape(*lead, i * j * w, m * n * o)
+    a, b = alpha[..., :, None, :], bg.reshape(*lead, i, j, 1, m * n, o)  # -> (..., i, j, l, m*n, o)
+    if out is None:
+        return (a + b).reshape(*lead, i * j * w, m * n * o)
+    torch.add(a, b, out=out.unflatten(-2, (i, j, w)).unflatten(-1, (m * n, o)))
+    return out
 
 
 def quirk_bias(q: Tensor, rel_pos_d: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, size: int) -> Tensor:
