@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+STS = ROOT.parent / "shared" / "data" / "sts"  # the shared data beside the checkout
 CASES = {
-    "sample": ("src/napari_msam/sample_data/MR_T1_image.nii.gz", "src/napari_msam/sample_data/MR_T1_mask.nii.gz"),
-    "large": ("/work/shared/data/sts/STS_020/MR_T1_image_from_dicom.nii.gz", "/work/shared/data/sts/STS_020/MR_T1_mask.nii.gz"),
+    "sample": (str(ROOT / "sample_data" / "MR_T1_image.nii.gz"), str(ROOT / "sample_data" / "MR_T1_mask.nii.gz")),
+    "large": (str(STS / "STS_020" / "MR_T1_image_from_dicom.nii.gz"), str(STS / "STS_020" / "MR_T1_mask.nii.gz")),
 }
 
 
