@@ -212,3 +212,27 @@ def test_browse_buttons_fill_their_fields(widget, qtbot, monkeypatch, tmp_path, 
     qtbot.mouseClick(widget.controls.init_browse, Qt.MouseButton.LeftButton)  # the row below "Start from"
     assert widget.controls.init_path.text() == str(tiny_checkpoint)
     assert widget.build_config().init_checkpoint == str(tiny_checkpoint)
+
+
+def test_start_on_a_folder_another_run_holds_is_refused_as_a_message(widget, qtbot, monkeypatch):
+    """A real second run: the output folder is locked by a run in progress (here, this test holding the
+    trainer's own lock); Start shows the one-line refusal and a notification, and trains nothing."""
+    from pathlib import Path
+
+    import napari.utils.notifications as notifications
+
+    from msam_gui_helpers import press
+    from napari_msam.training.checkpoints import run_lock
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    out = Path(widget.controls.out_dir.text())
+    with run_lock(out):
+        press(qtbot, widget, "Start")
+        qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    assert widget.last_error is not None and "in use by another training run" in widget.last_error
+    status = widget.controls.status.text()
+    assert "in use by another training run" in status and "Traceback" not in status and "\n" not in status
+    assert any("in use by another training run" in s for s in shown)
+    assert not (out / "last.safetensors").exists() and not (out / "state.pt").exists()
+    assert widget.controls.start_btn.isEnabled()

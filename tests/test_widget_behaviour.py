@@ -138,6 +138,34 @@ def test_a_3d_click_lands_on_the_brightest_voxel_under_the_cursor(seg, qtbot):
     np.testing.assert_allclose(viewer.layers[PROMPTS_NAME].data[0], (z, y, x), atol=1e-6)
 
 
+def test_a_click_in_a_rotated_3d_view_lands_inside_the_object_under_the_cursor(seg, qtbot):
+    """A rotated camera: the click goes along the ray under the cursor (not to the slider plane), into the
+    object the user sees there, on a voxel that the screen shows under the cursor."""
+    from qtpy.QtCore import QPoint
+
+    viewer, w = seg()
+    image = viewer.layers["blob MR"]
+    viewer.dims.ndisplay = 3
+    viewer.dims.set_point(0, 0.0)  # the slider plane lies outside the object
+    viewer.camera.angles = (20.0, 35.0, 70.0)
+    canvas = viewer.window._qt_viewer.canvas.native
+    _wait_for_a_still_view(qtbot, viewer, canvas)
+    to_canvas = viewer.window._qt_viewer.canvas.layer_to_visual[image].node.get_transform("visual", "canvas")
+
+    def pixel(voxel):
+        p = to_canvas.map([voxel[2], voxel[1], voxel[0], 1.0])  # vispy's visual axes are the data's reversed
+        return p[:2] / p[3]
+
+    target = pixel((10, 20, 18))  # the object's centre, seen through the rotated camera
+    click_canvas(qtbot, viewer, QPoint(int(round(target[0])), int(round(target[1]))))
+    _idle(qtbot, w)
+    clicks = [c for c in BallSession.instances[-1].calls if c[0] == "click"]
+    assert len(clicks) == 1
+    voxel = clicks[0][1]
+    assert viewer.layers["blob MR ground truth"].data[voxel] == 1 and voxel[0] != 0
+    assert np.linalg.norm(pixel(voxel) - target) <= 2.0 * viewer.camera.zoom  # on the ray under the cursor
+
+
 def test_open_volume_and_save_labels(seg, qtbot, monkeypatch, tmp_path, sts_paths):
     viewer, w = seg(image=False)
     image_path, mask_path = sts_paths
