@@ -124,7 +124,7 @@ class SegmentControls(QWidget):
         inp = QGroupBox("Image and output")
         form = QFormLayout(inp)
         self.open_btn = QPushButton("Open volume…")
-        self.open_btn.setToolTip("Open a NIfTI / NRRD / MHA / TIFF file or a DICOM folder as an image layer "
+        self.open_btn.setToolTip("Open a NIfTI / NRRD / MHA / TIFF file, or a DICOM series by any file of it, as an image layer "
                                  "(spacing, orientation and modality from the file); optionally its ground truth")
         self.save_btn = QPushButton("Save labels…")
         self.save_btn.setToolTip("Save the output labels on the image's own grid (NIfTI keeps its affine; TIFF)")

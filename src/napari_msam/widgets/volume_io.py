@@ -87,12 +87,13 @@ def save_labels(layer: Any, path: str, image_path: str | None, overwrite: bool =
 def save_labels_dialog(parent: Any, layer: Any, image: Any) -> str | None:
     """Ask where to save the output ``layer`` (beside ``image``'s file), confirm a replacement, write it."""
     from ..errors import OutputExistsError
+    from ..io import file_stem
 
     if layer is None:
         raise MSAMError("no output labels to save yet: click on an object first")
     source = (image.metadata or {}).get("source_path") or (layer.metadata or {}).get("source_path")
     folder = Path(source).parent if source else Path.cwd()
-    stem = Path(source).name.split(".")[0] if source else image.name.replace(" ", "_")
+    stem = file_stem(source) if source else image.name.replace(" ", "_")
     path, _ = QFileDialog.getSaveFileName(parent, "Save labels", str(folder / f"{stem}_labels.nii.gz"),
                                           "NIfTI (*.nii.gz *.nii);;TIFF (*.tif *.tiff)")
     if not path:
