@@ -275,3 +275,25 @@ def test_a_newer_click_supersedes_a_pending_refinement(seg, qtbot):
     calls = [c for c in BallSession.instances[-1].calls if c[0] in ("click", "refine")]
     assert calls == [("click", (10, 20, 18), True), ("click", (10, 26, 12), True), ("refine", (10, 26, 12))]
     assert w.controls.status.text().startswith("click 2:")
+
+
+def test_the_model_line_says_which_inference_additions_run(seg, qtbot, tiny_loaded, tmp_path):
+    """The embedded-style checkpoint (validated with edge refinement on MR) lists its additions; a
+    checkpoint without such metadata, as reference weights, says the network runs alone."""
+    from qtpy.QtCore import Qt
+
+    from napari_msam.model import save_checkpoint
+
+    viewer, w = seg(session_factory=None)  # the real Session
+    info = w.controls.model_info
+    qtbot.waitUntil(lambda: "additions:" in info.text(), timeout=30000)
+    assert "edge refinement (mr images)" in info.text()
+
+    plain = tmp_path / "paper_like.safetensors"
+    save_checkpoint(plain, tiny_loaded.model, tiny_loaded.preprocess, {"kind": "msam-train"})
+    field = w.controls.model_path
+    field.clear()
+    qtbot.keyClicks(field, str(plain))
+    qtbot.keyClick(field, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: "paper_like" in info.text(), timeout=30000)
+    assert "no inference additions" in info.text() and "additions:" not in info.text()

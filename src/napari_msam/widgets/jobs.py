@@ -117,6 +117,10 @@ def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndar
         st.session.set_image(image, spacing=spacing, modality=modality)
         st.image_key = spec.image_key
     info["summary"] = _model_summary(st.loaded)  # also after a settings change: the box never stays "loading…"
+    from ..session import Session
+
+    if isinstance(st.session, Session):  # stand-ins of the tests have no additions to report
+        info["additions"] = st.session.additions
     info["device"] = str(getattr(st.session, "device", spec.device))
     return info
 

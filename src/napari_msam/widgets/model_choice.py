@@ -23,6 +23,13 @@ from .segment_ui import DEFAULT_MODEL, FILE_MODEL, SegmentControls
 from .workers import JobResult
 
 
+def additions_text(additions: dict[str, str]) -> str:
+    """What the model line says about inference additions that are not M-SAM (the paper's model has none)."""
+    if not additions:
+        return "no inference additions: the network alone, as the reference code runs it"
+    return "additions: " + "; ".join(additions.values())
+
+
 class StatusSink(Protocol):
     """Where the Segment widget's collaborators report: the status line and napari's notifications."""
 
@@ -162,5 +169,8 @@ class ModelChoice:
             return
         info = result.value or {}
         if "summary" in info:
-            self.controls.model_info.setText(info["summary"])
+            text = info["summary"]
+            if "additions" in info:
+                text += "<br><small>" + esc_html(additions_text(info["additions"])) + "</small>"
+            self.controls.model_info.setText(text)
         self.device_shown = info.get("device", self.device_shown)
