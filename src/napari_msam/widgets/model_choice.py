@@ -26,7 +26,7 @@ from .workers import JobResult
 def additions_text(additions: dict[str, str]) -> str:
     """What the model line says about inference additions that are not M-SAM (the paper's model has none)."""
     if not additions:
-        return "no inference additions: the network alone, as the reference code runs it"
+        return "no inference additions (the network alone, as the reference code runs it)"
     return "additions: " + "; ".join(additions.values())
 
 
