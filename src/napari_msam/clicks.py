@@ -23,7 +23,9 @@ STRATEGIES = ("random", "center")
 Click = tuple[tuple[int, int, int], bool]
 
 
-def _deepest(component: np.ndarray, spacing: Sequence[float]) -> tuple[int, int, int]:
+def deepest_voxel(component: np.ndarray, spacing: Sequence[float]) -> tuple[int, int, int]:
+    """The voxel of ``component`` farthest (in mm) from its outside, the volume's border counting as outside:
+    the most interior point, where a click is least ambiguous."""
     padded = np.pad(component, 1)
     dist = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
     flat = int(np.argmax(dist))
@@ -77,6 +79,6 @@ def next_click(
     _, comp, positive = best
     cb = box_of(comp)
     assert cb is not None
-    d = _deepest(comp[cb], spacing)
+    d = deepest_voxel(comp[cb], spacing)
     voxel = tuple(int(d[a] + cb[a].start + offset[a]) for a in range(3))
     return (voxel, positive)  # type: ignore[return-value]
