@@ -339,11 +339,9 @@ class Session:
         """Re-derive the shown (edge-refined) object from the model's mask and every click."""
         assert self._shown is not None and self._volume is not None
         t0 = time.perf_counter()
-        mask, extent = self._canvas.mask, self._canvas.extent
         # the extent may be loose; the walker's box follows the mask itself
-        tight = None if extent is None else tight_box(mask[extent], extent)
-        box, seg = self.edge_refiner.refine(self._volume, mask, self._clicks, self.spacing, self.modality,
-                                            mask_box=tight)
+        box, seg = self.edge_refiner.refine(self._volume, self._canvas.mask, self._clicks, self.spacing,
+                                            self.modality, mask_box=self._canvas.object_box())
         write = box if self._shown_extent is None else union(box, self._shown_extent)
         step.shown_patch = (write, self._shown[write].copy())
         self._shown[write] = False
