@@ -48,6 +48,7 @@ def validate(trainer, model, val: Sequence[PreparedCase], img_size: int, device:
         return None
     return [s / count for s in tot[:n_clicks]], tot[n_clicks] / count
 
+
 def validate_session(trainer, model, val: Sequence[PreparedCase], device: str,
                      info: D.DistInfo) -> tuple[list[float], float] | None:
     """Validation by the Auto protocol: a ``Session`` on each validation case (at the model's spacing, as
