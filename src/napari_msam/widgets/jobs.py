@@ -27,7 +27,7 @@ class SessionSpec:
     device: str
     image_key: tuple
     tta: int = 1  # Session(tta=): mirrored views averaged per click
-    edge_refine: str = "auto"  # Session(edge_refine=): snap the mask to image edges (auto: MR only)
+    edge_refine: str = "auto"  # Session(edge_refine=): snap the mask to image edges (auto: where validated)
 
 
 @dataclass

@@ -32,7 +32,7 @@ OUTPUT_NAME = "M-SAM labels"
 NEW_OUTPUT = f"<new: {OUTPUT_NAME}>"
 DEFAULT_MODEL = "Embedded default model"
 FILE_MODEL = "Checkpoint file…"
-EDGE_CHOICES = ["auto (MR only)", "on", "off"]  # first word = the Session's edge_refine mode
+EDGE_CHOICES = ["auto (as validated)", "on", "off"]  # first word = the Session's edge_refine mode
 
 
 def available_devices() -> list[str]:
@@ -82,7 +82,7 @@ class SegmentControls(QWidget):
 
     @property
     def edge_refine(self) -> str:
-        """The Session's ``edge_refine`` mode: "auto" (MR only), "on" or "off"."""
+        """The Session's ``edge_refine`` mode: "auto" (the checkpoint's validated modalities), "on" or "off"."""
         return self.edge_combo.currentText().split(" ")[0]
 
     @property
@@ -200,7 +200,8 @@ class SegmentControls(QWidget):
         self.edge_combo.setToolTip(
             "Snap the model's mask to image edges after each click (a random walker seeded by the model's sure "
             "inside / outside and by the clicks). The model's own mask shows first; the refined one follows. "
-            "auto: MR only (docs/model-card.md has where it helps)")
+            "auto: only on the modalities the checkpoint was validated on (the embedded default model: MR; "
+            "reference SAM-Med3D / M-SAM checkpoints: none); docs/model-card.md has where it helps")
         self.model_info = QLabel("loading…")
         self.model_info.setWordWrap(True)
         self.model_info.setTextFormat(Qt.TextFormat.RichText)
