@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .boxes import union
 from .errors import ClickOutsideError, MSAMError
 from .io import check_finite, check_volume_array, checked_spacing
 from .session_like import ClickResult
@@ -101,8 +102,7 @@ class RandomWalkerSession:
             seg = np.zeros(img.shape, bool)
         else:
             seg = walk(img, seeds, self.beta, self.mode, self.tol, self.spacing, "the random-walker baseline")
-        changed = box if self._box is None else tuple(
-            slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, self._box, strict=True))
+        changed = union(self._box, box)
         self._history.append((changed, self._mask[changed].copy()))
         self._mask[changed] = False
         self._mask[box] = seg
