@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MSAMError
-from .io import c_contiguous, check_output, inverse_ornt, write_mask
-
-_SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif")
+from .io import MASK_SUFFIXES, c_contiguous, check_output, inverse_ornt, write_mask
 
 
 def _geometry(shape: tuple[int, ...], attributes: dict[str, Any]) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -39,7 +37,7 @@ def _geometry(shape: tuple[int, ...], attributes: dict[str, Any]) -> tuple[np.nd
 
 def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write one Labels layer; returns the written path (npe2 single-layer writer)."""
-    if not str(path).lower().endswith(_SUFFIXES):
+    if not str(path).lower().endswith(MASK_SUFFIXES):
         path = str(path) + ".nii.gz"
     arr = np.asarray(data)
     if arr.ndim != 3:

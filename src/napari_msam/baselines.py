@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
-from .io import check_volume_array
+from .boxes import union
+from .errors import ClickOutsideError, MSAMError
+from .io import check_finite, check_volume_array, checked_spacing
 from .session_like import ClickResult
 from .walker import click_ball, walk, zscore
 
@@ -40,12 +41,9 @@ class RandomWalkerSession:
     def set_image(self, volume: np.ndarray, spacing: Sequence[float] = (1, 1, 1), modality: str = "other") -> None:
         volume = np.asarray(volume)
         check_volume_array(volume)
-        if volume.dtype.kind == "f" and not np.all(np.isfinite(volume)):
-            raise InvalidVolumeError("the image has NaN or infinite voxels; replace them first")
+        check_finite(volume)
         self._volume = volume
-        if len(spacing) != 3 or not all(math.isfinite(float(v)) and float(v) > 0 for v in spacing):
-            raise InvalidVolumeError(f"spacing must be 3 positive numbers, got {tuple(spacing)}")
-        self.spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+        self.spacing = checked_spacing(spacing)
         self.modality = modality
         self._mask = np.zeros(volume.shape, bool)
         self.reset()
@@ -104,8 +102,7 @@ class RandomWalkerSession:
             seg = np.zeros(img.shape, bool)
         else:
             seg = walk(img, seeds, self.beta, self.mode, self.tol, self.spacing, "the random-walker baseline")
-        changed = box if self._box is None else tuple(
-            slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, self._box, strict=True))
+        changed = union(self._box, box)
         self._history.append((changed, self._mask[changed].copy()))
         self._mask[changed] = False
         self._mask[box] = seg

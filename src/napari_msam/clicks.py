@@ -16,25 +16,16 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from .boxes import box_of
 from .errors import MSAMError
 
 STRATEGIES = ("random", "center")
 Click = tuple[tuple[int, int, int], bool]
 
 
-def _bbox(a: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the True voxels (None if none): lets big volumes be searched in a small block."""
-    sl = []
-    for axis in range(a.ndim):
-        other = tuple(i for i in range(a.ndim) if i != axis)
-        nz = np.flatnonzero(a.any(axis=other))
-        if nz.size == 0:
-            return None
-        sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(sl)
-
-
-def _deepest(component: np.ndarray, spacing: Sequence[float]) -> tuple[int, int, int]:
+def deepest_voxel(component: np.ndarray, spacing: Sequence[float]) -> tuple[int, int, int]:
+    """The voxel of ``component`` farthest (in mm) from its outside, the volume's border counting as outside:
+    the most interior point, where a click is least ambiguous."""
     padded = np.pad(component, 1)
     dist = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
     flat = int(np.argmax(dist))
@@ -58,7 +49,7 @@ def next_click(
         raise MSAMError(f"prediction shape {pred.shape} does not match ground-truth shape {gt.shape}")
     if gt.ndim != 3:
         raise MSAMError(f"clicks need 3-D masks, got shape {gt.shape}")
-    box = _bbox(gt | pred)
+    box = box_of(gt | pred)
     if box is None:
         return None
     g, p = gt[box], pred[box]
@@ -86,8 +77,8 @@ def next_click(
     if best is None:
         return None
     _, comp, positive = best
-    cb = _bbox(comp)
+    cb = box_of(comp)
     assert cb is not None
-    d = _deepest(comp[cb], spacing)
+    d = deepest_voxel(comp[cb], spacing)
     voxel = tuple(int(d[a] + cb[a].start + offset[a]) for a in range(3))
     return (voxel, positive)  # type: ignore[return-value]

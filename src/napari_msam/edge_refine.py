@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .boxes import Box
 from .errors import MSAMError
 from .walker import click_ball, walk, zscore
 
-Box = tuple[slice, slice, slice]
 EDGE_MODES = ("auto", "on", "off")
 AUTO_MODALITIES = ("mr",)  # where it was measured to help the default model (not on CT)
 

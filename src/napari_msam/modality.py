@@ -3,8 +3,9 @@ evaluation.
 
 The order of evidence is: what the file declares (a DICOM ``Modality`` tag, a ``dataset.json`` channel
 name), then words in the file or layer name, then the intensities (Hounsfield units reach far below 0).
-A volume whose intensities are seen and that is none of these is taken as MR: this plugin is for CT and MRI, and a z-scored MR with no
-telling name must still get the MR defaults (edge refinement among them). PET is recognised by its
+A volume whose intensities are seen and that is none of these is taken as MR: this plugin is for CT
+and MRI, and a z-scored MR with no telling name must still get the MR defaults (edge refinement among
+them). PET is recognised by its
 declaration or its name only; the model sees it as "other".
 """
 

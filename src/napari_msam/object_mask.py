@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .boxes import Box, box_of, contains, intersect, is_empty, relative, union
+from .boxes import Box, contains, intersect, is_empty, relative, tight_box, union
 from .predictor import Window
 from .preprocess import RoiGeometry, paste_back
 
@@ -39,14 +39,9 @@ class ObjectMask:
             self.mask[box] = old
         self.extent = extent
 
-    def object_box(self) -> tuple[slice, ...] | None:
+    def object_box(self) -> Box | None:
         """The tight box of the object (None: empty)."""
-        if self.extent is None:
-            return None
-        b = box_of(self.mask[self.extent])
-        if b is None:
-            return None
-        return tuple(slice(s.start + e.start, s.stop + e.start) for s, e in zip(b, self.extent, strict=True))
+        return None if self.extent is None else tight_box(self.mask[self.extent], self.extent)
 
     def paste(self, window: Window, patches: list[Patch], timings: dict[str, float], *,
               keep: list[Box] | None = None) -> tuple[Box, np.ndarray]:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from . import modality as _modality
-from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
+from .errors import ClickOutsideError, MSAMError
+from .io.volume import checked_spacing
 from .model.config import AXIS_ORDERS
 
 NORMALIZATIONS = ("zscore_positive", "zscore", "zscore_roi", "none")
@@ -163,9 +164,7 @@ def roi_geometry(
         raise MSAMError(f"unknown axis_order {axis_order!r}; expected one of {AXIS_ORDERS}")
     if len(shape) != 3 or len(spacing) != 3 or len(center) != 3:
         raise MSAMError("shape, spacing and center must each have 3 entries")
-    sp = [float(s) for s in spacing]
-    if not all(math.isfinite(s) and s > 0 for s in sp):
-        raise InvalidVolumeError(f"spacing must be 3 positive numbers, got {tuple(spacing)}")
+    sp = checked_spacing(spacing)
     for a in range(3):
         if not 0 <= float(center[a]) <= shape[a] - 1:
             raise ClickOutsideError(

@@ -24,7 +24,7 @@ import torch
 from .boxes import Box, tight_box, union
 from .edge_refine import EDGE_MODES, EdgeRefiner, applies
 from .errors import ClickOutsideError, InvalidVolumeError, MSAMError
-from .io import check_volume_array
+from .io import check_finite, check_volume_array, checked_spacing
 from .object_mask import ObjectMask, Patch
 from .predictor import MAX_TTA, TTA_FLIPS, Predictor, Window, pick_device, window_on_cpu
 from .preprocess import MODALITIES, guess_modality
@@ -60,19 +60,15 @@ def _checked_image(volume: Any, spacing: Sequence[float], modality: str
     if min(volume.shape) < MIN_SIDE:
         raise InvalidVolumeError(f"the image of shape {volume.shape} is too small to segment: every side "
                                  f"needs at least {MIN_SIDE} voxels")
-    if volume.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(volume)))
-        if bad:
-            raise InvalidVolumeError(f"the image has {bad} NaN or infinite voxels; replace them first")
-    if len(spacing) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
-        raise InvalidVolumeError(f"spacing must be 3 positive numbers, got {tuple(spacing)}")
+    check_finite(volume, "image")
+    sp = checked_spacing(spacing)
     if modality not in MODALITIES + ("auto",):
         raise MSAMError(f"unknown modality {modality!r}; expected one of {MODALITIES + ('auto',)}")
     lo, hi = volume.min(), volume.max()
     if lo == hi:
         raise InvalidVolumeError(f"the image is constant (every voxel is {lo.item()!r}): there is nothing to "
                                  "segment")
-    return np.array(volume, order="C", copy=True), (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    return np.array(volume, order="C", copy=True), sp
 
 
 class Session:
@@ -343,11 +339,9 @@ class Session:
         """Re-derive the shown (edge-refined) object from the model's mask and every click."""
         assert self._shown is not None and self._volume is not None
         t0 = time.perf_counter()
-        mask, extent = self._canvas.mask, self._canvas.extent
         # the extent may be loose; the walker's box follows the mask itself
-        tight = None if extent is None else tight_box(mask[extent], extent)
-        box, seg = self.edge_refiner.refine(self._volume, mask, self._clicks, self.spacing, self.modality,
-                                            mask_box=tight)
+        box, seg = self.edge_refiner.refine(self._volume, self._canvas.mask, self._clicks, self.spacing,
+                                            self.modality, mask_box=self._canvas.object_box())
         write = box if self._shown_extent is None else union(box, self._shown_extent)
         step.shown_patch = (write, self._shown[write].copy())
         self._shown[write] = False

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-Box = tuple[slice, slice, slice]
+from .boxes import Box
 
 
 @dataclass

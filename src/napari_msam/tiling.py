@@ -9,9 +9,9 @@ overlap are added with the current logits as their prior.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from .boxes import Box, intersect
+from .clicks import deepest_voxel
 from .object_mask import ObjectMask, Patch
 from .predictor import Predictor, Window
 from .preprocess import RoiGeometry, model_to_array, resample_logits
@@ -196,8 +196,7 @@ class Tiler:
                 sub = self.canvas.mask[overlap]
                 if not sub.any():
                     continue
-                dist = ndimage.distance_transform_edt(np.pad(sub, 1), sampling=p.spacing)[1:-1, 1:-1, 1:-1]
-                loc = np.unravel_index(int(np.argmax(dist)), sub.shape)
+                loc = deepest_voxel(sub, p.spacing)
                 seed = tuple(int(loc[a] + overlap[a].start) for a in range(3))
                 prior = resample_logits(w.low_res, g, g2, fill=0.0)
                 keep = [o.geometry.bbox for o in self.windows]

@@ -25,8 +25,10 @@ from .volume import (
     TIFF_SUFFIXES,
     Volume,
     c_contiguous,
+    check_finite,
     check_segmentable,
     check_volume_array,
+    checked_spacing,
     file_stem,
     file_suffix,
     inverse_ornt,
@@ -36,7 +38,8 @@ from .volume import (
 __all__ = [
     "DICOM_SUFFIXES", "FORMATS_HINT", "LPS_TO_RAS", "MASK_SUFFIXES", "METAIMAGE_SUFFIXES", "NIFTI_SUFFIXES",
     "NRRD_SUFFIXES", "READ_SUFFIXES", "TARGET_AXCODES", "TIFF_SUFFIXES", "DatasetPair", "DicomSeries", "Volume",
-    "c_contiguous", "can_read", "check_output", "check_segmentable", "check_volume_array", "file_stem",
+    "c_contiguous", "can_read", "check_finite", "check_output", "check_segmentable", "check_volume_array",
+    "checked_spacing", "file_stem",
     "file_suffix", "find_pairs", "guess_modality", "inverse_ornt", "is_dicom_file", "list_dicom_series",
     "read_volume", "same_file", "spacing_from_affine", "volume_modality", "write_mask",
 ]

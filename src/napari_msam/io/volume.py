@@ -8,6 +8,7 @@ to the RAS+ affine NIfTI uses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,21 @@ def check_volume_array(data: np.ndarray, what: str = "image") -> None:
         raise InvalidVolumeError(f"the {what} is empty (shape {data.shape})")
     if data.dtype.kind not in "biuf":
         raise InvalidVolumeError(f"the {what} has an unsupported dtype {data.dtype}")
+
+
+def check_finite(data: np.ndarray, what: str = "image") -> None:
+    """Raise ``InvalidVolumeError`` when a float array holds NaN or infinite voxels (the model cannot use them)."""
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise InvalidVolumeError(f"the {what} has {bad} NaN or infinite voxels; replace them first")
+
+
+def checked_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """``spacing`` as 3 floats; ``InvalidVolumeError`` unless it is 3 finite positive numbers."""
+    if len(spacing) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
+        raise InvalidVolumeError(f"spacing must be 3 positive numbers, got {tuple(spacing)}")
+    return float(spacing[0]), float(spacing[1]), float(spacing[2])
 
 
 def c_contiguous(a: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Trilinear upsampling of the low-res logits (``align_corners=False``) as three small matrix products.
 
-``F.interpolate(..., mode="trilinear")`` on the CPU gathers eight neighbours per output voxel and takes
-about 12 ms for 32^3 -> 128^3 on one core. Trilinear interpolation is separable, so the same result is one
-(S x n) interpolation matrix applied along each axis in turn: about 0.18 GFLOP of dense GEMM (~1.5 ms).
+``F.interpolate(..., mode="trilinear")`` on the CPU gathers eight neighbours per output voxel, one by one.
+Trilinear interpolation is separable, so the same result is one (S x n) interpolation matrix applied along
+each axis in turn: about 0.18 GFLOP of dense GEMM for 32^3 -> 128^3, several times faster
+(docs/performance.md).
 Each output is the same two-term weighted sum per axis (the other matrix entries are exact zeros), so the
 results agree with ``F.interpolate`` to float rounding. Used for inference on the CPU; autograd, autocast,
 other devices and non-finite logits (a zero weight times inf is NaN) take ``F.interpolate``.

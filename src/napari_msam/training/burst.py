@@ -186,6 +186,7 @@ def run_burst(args: argparse.Namespace) -> dict:
     from napari_msam.model.builder import build_model
     from napari_msam.model.config import get_config
     from napari_msam.model.weights import load_checkpoint
+    from napari_msam.predictor import pick_device
     from napari_msam.training.batches import resolve_workers
     from napari_msam.training.pack import load_packed
     from napari_msam.training.trainer import TrainConfig, Trainer
@@ -195,9 +196,7 @@ def run_burst(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="msam-burst-"))
     packed = load_packed(args.packed)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BurstError(f"--device {device}: CUDA is not available on this machine")
+    device = pick_device(args.device)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

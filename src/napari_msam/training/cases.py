@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 
-
 class TrainingDataError(MSAMError):
     """Raised with ALL problems found in the training inputs, one per line."""
 

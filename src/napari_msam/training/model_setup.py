@@ -93,6 +93,7 @@ def _inherit_click_prior(cfg: TrainConfig, metadata) -> None:
         if cfg.click_prior_value is None:
             cfg.click_prior_value = prior.value
 
+
 def _inherit_zoom(cfg: TrainConfig, metadata) -> None:
     """Fine-tuning keeps the parent's zoom range unless one was given (as the click prior)."""
     from napari_msam.model.roi_zoom import RoiZoom

@@ -8,8 +8,9 @@ SHA-256), and :func:`load_packed` turns it back into in-memory cases with numpy 
 alone, because the GPU machine has neither nibabel nor the data.
 
 Why 8 bits and LZMA: the working tree that travels is capped at 64 MiB and the tracked files already take
-about 49 MiB of it, so the set must stay near 12 MiB; 8-bit steps (8 HU inside the CT window, under 1 % of
-the range for MR) are far below the noise after the per-ROI z-score.
+most of it (:func:`tree_budget` says how much is left, docs/gpu-burst.md how big the set is); 8-bit steps
+(8 HU inside the CT window, under 1 % of the range for MR) are far below the noise after the per-ROI
+z-score.
 """
 
 from __future__ import annotations

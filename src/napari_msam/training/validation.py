@@ -48,14 +48,15 @@ def validate(trainer, model, val: Sequence[PreparedCase], img_size: int, device:
         return None
     return [s / count for s in tot[:n_clicks]], tot[n_clicks] / count
 
+
 def validate_session(trainer, model, val: Sequence[PreparedCase], device: str,
                      info: D.DistInfo) -> tuple[list[float], float] | None:
     """Validation by the Auto protocol: a ``Session`` on each validation case (at the model's spacing, as
     cached), random clicks, network alone (no edge refinement); Dice per click averaged over cases.
 
     Why: the crop validation (tumour-centred, zoom 1) can rank runs differently from the Auto protocol
-    (docs/model-card.md), so it cannot pick what users get. The Session adds the parts the crops leave out: a first click anywhere in the tumour, re-centring and
-    zoom-out for large tumours, paste-back. The val "loss" is 1 - mean Dice (there is no loss here).
+    (docs/model-card.md), so it cannot pick what users get. The Session adds the parts the crops leave
+    out: a first click anywhere in the tumour, re-centring and zoom-out for large tumours, paste-back. The val "loss" is 1 - mean Dice (there is no loss here).
     """
     from napari_msam.evaluation import run_protocol
     from napari_msam.model.weights import LoadedModel

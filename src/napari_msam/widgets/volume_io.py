@@ -18,7 +18,6 @@ from ..errors import MSAMError
 VOLUME_FILTER = ("Volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.tif *.tiff *.dcm);;"
                  "DICOM series (any file of it) (*);;All files (*)")
 GT_COLORS = {None: (0.0, 0.0, 0.0, 0.0), 1: (0.2, 0.9, 1.0, 1.0)}  # cyan: never the output's colour
-SAVE_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff")
 OUTPUT_SEED = 0.77  # label colours of the output, unlike napari's default (seed 0.5) of a ground truth
 
 
@@ -77,9 +76,9 @@ def save_labels(layer: Any, path: str, image_path: str | None, overwrite: bool =
     """Write ``layer`` to ``path`` (NIfTI on the source grid and affine, or TIFF) by the project's output
     rule: never over the image file, an existing file only with ``overwrite``."""
     from .._writer import write_labels
-    from ..io import check_output
+    from ..io import MASK_SUFFIXES, check_output
 
-    check_output(path, inputs=[image_path], overwrite=overwrite, suffixes=SAVE_SUFFIXES)
+    check_output(path, inputs=[image_path], overwrite=overwrite, suffixes=MASK_SUFFIXES)
     attrs = {"metadata": dict(layer.metadata), "scale": tuple(layer.scale), "translate": tuple(layer.translate)}
     return write_labels(path, np.asarray(layer.data), attrs)[0]
 
