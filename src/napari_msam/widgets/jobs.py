@@ -12,21 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..boxes import box_of
 from ..errors import MSAMError
 
 if TYPE_CHECKING:  # the jobs themselves never touch Qt
     from .workers import JobContext
-
-
-def _bbox_of(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    if not mask.any():
-        return None
-    sl = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        sl.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return (sl[0], sl[1], sl[2])
 
 
 @dataclass(frozen=True)
@@ -37,7 +27,7 @@ class SessionSpec:
     device: str
     image_key: tuple
     tta: int = 1  # Session(tta=): mirrored views averaged per click
-    edge_refine: str = "auto"  # Session(edge_refine=): snap the mask to image edges (auto: where the checkpoint was validated with it)
+    edge_refine: str = "auto"  # Session(edge_refine=): snap the mask to image edges (auto: where validated)
 
 
 @dataclass
@@ -133,7 +123,7 @@ def _session(ctx: JobContext) -> Any:
 
 def _full_object(session: Any, timings: dict | None = None) -> ObjectUpdate:
     mask = np.asarray(session.current_mask, dtype=bool)
-    bbox = _bbox_of(mask)
+    bbox = box_of(mask)
     return ObjectUpdate(bbox, None if bbox is None else mask[bbox].copy(), timings or {}, replace_all=True)
 
 
