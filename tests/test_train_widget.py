@@ -236,3 +236,17 @@ def test_start_on_a_folder_another_run_holds_is_refused_as_a_message(widget, qtb
     assert any("in use by another training run" in s for s in shown)
     assert not (out / "last.safetensors").exists() and not (out / "state.pt").exists()
     assert widget.controls.start_btn.isEnabled()
+
+
+def test_choosing_an_image_layer_presets_its_modality_by_the_one_rule(widget, qtbot):
+    """A CT-like layer (Hounsfield units) chosen in the Image box gets "ct"; an MR-like one "mr"."""
+    import numpy as np
+
+    ct = np.full((12, 16, 16), -1000.0, np.float32)
+    ct[3:9, 4:12, 4:12] = 40.0
+    widget.viewer.add_image(ct, name="scan A")
+    combo = widget.controls.image_combo
+    combo.setCurrentText("scan A")
+    assert widget.controls.modality_combo.currentText() == "ct"
+    combo.setCurrentText("img")
+    assert widget.controls.modality_combo.currentText() == "mr"

@@ -19,6 +19,7 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from .. import modality as modality_rule
 from ..errors import MSAMError
 from .train_ui import INIT_DEFAULT, INIT_FILE, INIT_SCRATCH, SOURCE_FOLDER, SOURCE_LAYERS, TrainControls
 
@@ -62,6 +63,7 @@ class TrainWidget(QWidget):
         c.start_btn.clicked.connect(lambda *_: self.start())
         c.cancel_btn.clicked.connect(lambda *_: self.cancel())
         c.use_btn.clicked.connect(lambda *_: self.use_in_segment())
+        c.image_combo.currentTextChanged.connect(self._guess_modality)
         self.refresh_layers()
         try:
             self.viewer.layers.events.inserted.connect(self.refresh_layers)
@@ -82,6 +84,16 @@ class TrainWidget(QWidget):
         """Offer the viewer's 3-D Image and Labels layers as training data."""
         self.controls.show_layers([lay.name for lay in self._layers("image")],
                                   [lay.name for lay in self._layers("labels")])
+
+    def _guess_modality(self, name: str) -> None:
+        """Preset the modality of the chosen image layer by the project's one rule (the reader's declaration,
+        then the name, then the intensities); the user can still change it."""
+        layer = next((lay for lay in self._layers("image") if lay.name == name), None)
+        if layer is None:
+            return
+        declared = (layer.metadata or {}).get("modality")
+        guess = modality_rule.guess(name, np.asarray(layer.data), declared=declared)
+        self.controls.modality_combo.setCurrentText(guess.modality)
 
     @property
     def running(self) -> bool:
