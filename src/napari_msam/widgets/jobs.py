@@ -81,6 +81,8 @@ def _model_summary(loaded: Any) -> str:
 def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndarray | None,
                spacing: tuple, modality: str, session_factory: Any = None) -> dict[str, Any]:
     """Load the model / build the session / set the image, only what changed since last time."""
+    from ..session import Session  # deferred: the worker imports torch, the widget module does not
+
     st = ctx.state
     info: dict[str, Any] = {}
     if st.model_key != spec.model_key or st.loaded is None:
@@ -92,8 +94,6 @@ def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndar
     if (st.session is None or st.extra.get("device") != spec.device or st.extra.get("tta", 1) != spec.tta
             or st.extra.get("edge_refine", "auto") != spec.edge_refine):
         if session_factory is None:
-            from ..session import Session
-
             session_factory = Session
         extra: dict[str, Any] = {"tta": spec.tta} if spec.tta != 1 else {}  # stand-ins need not know these
         if spec.edge_refine != "auto":
@@ -107,8 +107,6 @@ def job_ensure(ctx: JobContext, spec: SessionSpec, source: tuple, image: np.ndar
         st.session.set_image(image, spacing=spacing, modality=modality)
         st.image_key = spec.image_key
     info["summary"] = _model_summary(st.loaded)  # also after a settings change: the box never stays "loading…"
-    from ..session import Session
-
     if isinstance(st.session, Session):  # stand-ins of the tests have no additions to report
         info["additions"] = st.session.additions
     info["device"] = str(getattr(st.session, "device", spec.device))
